@@ -1,0 +1,9 @@
+"""Distillation engines behind one registry; each returns a :class:`SyntheticSet`."""
+
+from fedcl.distill import dm as _dm  # noqa: F401  (registers dm)
+from fedcl.distill.augment import DSA
+from fedcl.distill.base import DISTILLERS, ClassData, Distiller, create_distiller, list_distillers, register_distiller
+from fedcl.distill.synthetic import SyntheticSet
+
+__all__ = ["DISTILLERS", "DSA", "ClassData", "Distiller", "SyntheticSet", "create_distiller", "list_distillers",
+           "register_distiller"]

@@ -1,0 +1,201 @@
+"""The Distiller interface every engine implements, and its registry."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from fedcl.distill.synthetic import SyntheticSet
+from fedcl.errors import ConfigError
+from fedcl.models import create_model
+from fedcl.privacy.config import PrivacyConfig
+from fedcl.registry import Registry
+from fedcl.utils import resolve_device
+
+__all__ = ["DISTILLERS", "ClassData", "Distiller", "create_distiller", "list_distillers", "register_distiller"]
+
+DISTILLERS: Registry[Distiller] = Registry("distillation method")
+
+Callback = Callable[[int, SyntheticSet], None]
+
+
+def register_distiller(name: str) -> Callable[[type[Distiller]], type[Distiller]]:
+    """Class decorator registering a :class:`Distiller` subclass under ``name``."""
+
+    def deco(cls: type[Distiller]) -> type[Distiller]:
+        cls.name = name
+        DISTILLERS.register(name)(cls)
+        return cls
+
+    return deco
+
+
+def list_distillers() -> list[str]:
+    """Names of every registered engine."""
+    return DISTILLERS.names()
+
+
+def create_distiller(name: str, **cfg: Any) -> Distiller:
+    """Build an engine by name: ``create_distiller("dm", iterations=2000, device="cuda")``.
+
+    ``None`` values are dropped so that each engine's defaults survive; an unknown
+    keyword raises a ConfigError that lists the engine's valid ones.
+    """
+    cls = DISTILLERS.get(name)
+    try:
+        return DISTILLERS.create(name, **cfg)
+    except TypeError as exc:
+        import inspect
+
+        valid = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "kwargs")]
+        for klass in cls.__mro__[1:]:
+            if klass is object:
+                break
+            valid += [p for p in inspect.signature(klass.__init__).parameters if p not in ("self", "kwargs") and p not in valid]
+        raise ConfigError(f"bad option for method {name!r}: {exc}; valid options: {', '.join(sorted(valid))}") from None
+
+
+class ClassData:
+    """Real images grouped by class on one device, for fast per-class sampling.
+
+    Args:
+        images: ``(N, C, H, W)`` tensor.
+        labels: ``(N,)`` int64 tensor.
+        num_classes: number of classes.
+        device: where to keep the data (once, for the whole run).
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int, device: torch.device) -> None:
+        order = torch.argsort(labels.cpu(), stable=True)
+        self.images = images.cpu()[order].to(device)
+        self.labels = labels.cpu()[order].to(device)
+        self.counts = torch.bincount(labels.cpu(), minlength=num_classes)
+        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), self.counts.cumsum(0)[:-1]])
+        self.num_classes = num_classes
+        self.device = device
+
+    def indices(self, c: int) -> torch.Tensor:
+        """Indices (into ``self.images``) of class ``c``."""
+        start = int(self.offsets[c])
+        return torch.arange(start, start + int(self.counts[c]))
+
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               classes: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Up to ``n`` images of each class, without replacement, concatenated class by class."""
+        parts = []
+        for c in classes if classes is not None else range(self.num_classes):
+            k = int(self.counts[c])
+            parts.append(torch.randperm(k, generator=generator)[: min(n, k)] + int(self.offsets[c]))
+        idx = torch.cat(parts).to(self.device)
+        return self.images[idx], self.labels[idx]
+
+
+class Distiller(ABC):
+    """Turns a labelled image set into a small synthetic set.
+
+    Subclasses implement :meth:`_distill`; the base class validates the input, keeps the
+    real data on the device, builds the initial synthetic set and the metadata.
+
+    Args:
+        model: registry name of the network used for matching.
+        model_kwargs: options for :func:`fedcl.models.create_model`.
+        init: ``real`` (random real images of each class) or ``noise``.
+        device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:1`` ...
+        seed: drives every random choice of the run.
+        progress: show a progress bar on a terminal.
+    """
+
+    name: ClassVar[str] = ""
+    #: whether the engine reads real data after initialisation (and so can be made DP)
+    supports_privacy: ClassVar[bool] = False
+
+    def __init__(self, *, model: str = "convnet", model_kwargs: dict[str, Any] | None = None, init: str = "real",
+                 device: str | torch.device = "auto", seed: int = 0, progress: bool = True) -> None:
+        if init not in ("real", "noise"):
+            raise ConfigError(f"init must be 'real' or 'noise', got {init!r}")
+        self.model = model
+        self.model_kwargs = dict(model_kwargs or {})
+        self.init = init
+        self.device = resolve_device(device)
+        self.seed = int(seed)
+        self.progress = progress
+        self.iterations = 0
+        self.stats: dict[str, float] = {}
+
+    def make_network(self, in_shape: Sequence[int], num_classes: int) -> nn.Module:
+        """A freshly initialised matching network on the engine's device."""
+        return create_model(self.model, in_shape, num_classes, **self.model_kwargs).to(self.device)
+
+    def distill(self, images: torch.Tensor, labels: torch.Tensor, ipc: int, *, num_classes: int | None = None,
+                privacy: PrivacyConfig | None = None, callback: Callback | None = None,
+                meta: dict[str, Any] | None = None) -> SyntheticSet:
+        """Distill ``images``/``labels`` into ``ipc`` images per class.
+
+        Args:
+            images: real images ``(N, C, H, W)``, normalised.
+            labels: int64 labels ``(N,)``.
+            ipc: images per class in the result.
+            num_classes: defaults to ``labels.max() + 1``.
+            privacy: a DP block; None or a disabled block means no DP.
+            callback: called as ``callback(iteration, synthetic_so_far)`` by iterative engines.
+            meta: extra metadata (``dataset``, ``mean``, ``std`` ...) copied into the result.
+
+        Returns:
+            A :class:`SyntheticSet` with ``ipc`` images of every class present.
+
+        Raises:
+            ConfigError: ``ipc`` < 1, more than a class has, or privacy asked of an engine
+                that cannot provide it.
+        """
+        if images.ndim != 4 or labels.shape != (images.shape[0],):
+            raise ConfigError(f"expected images (N, C, H, W) and labels (N,), got {tuple(images.shape)} and {tuple(labels.shape)}")
+        num_classes = int(num_classes if num_classes is not None else int(labels.max()) + 1)
+        ipc = int(ipc)
+        counts = torch.bincount(labels.cpu(), minlength=num_classes)
+        present = [c for c in range(num_classes) if counts[c] > 0]
+        if ipc < 1:
+            raise ConfigError(f"ipc must be at least 1, got {ipc}")
+        smallest = min(int(counts[c]) for c in present)
+        if ipc > smallest:
+            raise ConfigError(f"ipc={ipc} is more than the smallest class has ({smallest} images); use ipc <= {smallest}")
+        if privacy is not None and privacy.enabled and not self.supports_privacy:
+            raise ConfigError(f"method {self.name!r} cannot be made differentially private: it selects real images; "
+                              f"use a matching engine (gm, dsa, dm) with privacy")
+        gen = torch.Generator().manual_seed(self.seed)
+        torch.manual_seed(self.seed)
+        real = ClassData(images, labels, num_classes, self.device)
+        syn_labels = torch.tensor(present, dtype=torch.long).repeat_interleave(ipc)
+        syn = self.initial_images(real, present, ipc, gen)
+        self._meta = {**(meta or {}), "method": self.name, "ipc": ipc, "image_shape": list(images.shape[1:]),
+                      "seed": self.seed, "model": self.model, "init": self.init}
+        t0 = time.perf_counter()
+        result = self._distill(real, syn, syn_labels.to(self.device), present, gen, privacy, callback)
+        self.stats["distill_seconds"] = time.perf_counter() - t0
+        if self.iterations:
+            self.stats["seconds_per_iteration"] = self.stats["distill_seconds"] / self.iterations
+        return self.wrap(result, syn_labels, num_classes, privacy_meta=self.stats.pop("privacy", None))
+
+    def wrap(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int, privacy_meta: Any = None) -> SyntheticSet:
+        """A SyntheticSet with this run's metadata."""
+        from fedcl import __version__
+
+        meta = {**self._meta, "iterations": self.iterations, "fedcl_version": __version__, "privacy": privacy_meta}
+        return SyntheticSet(images.detach().float().cpu(), labels.cpu(), num_classes, meta)
+
+    def initial_images(self, real: ClassData, classes: list[int], ipc: int, gen: torch.Generator) -> torch.Tensor:
+        """``ipc`` random real images per class, or Gaussian noise (``init=noise``)."""
+        if self.init == "noise":
+            shape = (len(classes) * ipc, *real.images.shape[1:])
+            return torch.randn(shape, generator=gen).to(self.device)
+        x, _ = real.sample(ipc, gen, classes)
+        return x.clone()
+
+    @abstractmethod
+    def _distill(self, real: ClassData, syn: torch.Tensor, syn_labels: torch.Tensor, classes: list[int],
+                 gen: torch.Generator, privacy: PrivacyConfig | None, callback: Callback | None) -> torch.Tensor:
+        """Return the final synthetic images (``len(classes) * ipc`` of them, class-major order)."""

@@ -1,0 +1,39 @@
+"""The privacy settings a DP release is made with (the ``privacy`` config block)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["PrivacyConfig"]
+
+
+@dataclass
+class PrivacyConfig:
+    """DP-SGD-style mechanism settings.
+
+    DP is on when ``epsilon`` or ``noise_multiplier`` is set; with both unset the
+    release is not private.
+
+    Attributes:
+        epsilon: target epsilon; the noise multiplier is calibrated to reach it.
+        delta: target delta.
+        max_grad_norm: L2 clipping bound of each example's contribution.
+        noise_multiplier: Gaussian noise std as a multiple of ``max_grad_norm`` (instead of ``epsilon``).
+        accountant: Opacus accountant: ``rdp``, ``prv`` or ``gdp``.
+        secure_mode: use Opacus's cryptographically secure noise.
+        sample_rate: Poisson sampling rate of real examples per step; None picks
+            ``batch_real / class size``.
+    """
+
+    epsilon: float | None = None
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+    noise_multiplier: float | None = None
+    accountant: str = "rdp"
+    secure_mode: bool = False
+    sample_rate: float | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """True when this block asks for a DP release."""
+        return self.epsilon is not None or self.noise_multiplier is not None

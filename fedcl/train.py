@@ -1,0 +1,72 @@
+"""Train a model on tensors and measure its accuracy; shared by evaluation, continual and federated code."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["accuracy", "train_model"]
+
+Augment = Callable[[torch.Tensor], torch.Tensor]
+
+
+def train_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float = 0.01,
+                momentum: float = 0.9, weight_decay: float = 5e-4, batch_size: int = 256,
+                augment: Augment | None = None, lr_decay: bool = True, generator: torch.Generator | None = None,
+                device: torch.device | str | None = None) -> nn.Module:
+    """Train ``model`` in place with SGD on in-memory tensors.
+
+    Follows the DC/DSA/DM evaluation protocol by default: SGD with momentum 0.9 and
+    weight decay 5e-4, learning rate divided by 10 at half the epochs.
+
+    Args:
+        model: the network (moved to ``device``).
+        images, labels: the training set; labels are int64 class indices, or float
+            ``(N, num_classes)`` soft labels.
+        epochs: passes over the data.
+        augment: a function applied to every minibatch (e.g. DSA), or None.
+        lr_decay: divide the learning rate by 10 at half the epochs.
+        generator: drives the shuffling.
+        device: where to train; defaults to the model's device.
+
+    Returns:
+        The trained model (the same object).
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(device).train()
+    x, y = images.to(device), labels.to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    n = x.shape[0]
+    for epoch in range(epochs):
+        if lr_decay and epoch == epochs // 2 and epochs > 1:
+            for group in opt.param_groups:
+                group["lr"] = lr * 0.1
+        perm = torch.randperm(n, generator=generator).to(device)
+        for start in range(0, n, batch_size):
+            idx = perm[start:start + batch_size]
+            xb = x[idx]
+            if augment is not None:
+                xb = augment(xb)
+            loss = F.cross_entropy(model(xb), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return model
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 1024,
+             device: torch.device | str | None = None) -> float:
+    """Fraction of ``images`` that ``model`` classifies as ``labels`` (in [0, 1])."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for start in range(0, images.shape[0], batch_size):
+        xb = images[start:start + batch_size].to(device)
+        correct += int((model(xb).argmax(1) == labels[start:start + batch_size].to(device)).sum())
+    model.train(was_training)
+    return correct / max(images.shape[0], 1)

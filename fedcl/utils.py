@@ -1,0 +1,48 @@
+"""Small shared helpers: seeding, device resolution, progress bars."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+__all__ = ["progress", "resolve_device", "seed_everything"]
+
+T = TypeVar("T")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed python, numpy and torch (CPU and CUDA) from one integer.
+
+    Returns:
+        A CPU ``torch.Generator`` seeded with ``seed`` for code that wants its own stream.
+    """
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` (or None) means CUDA when present, else CPU; anything else is passed to torch."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        from fedcl.errors import ConfigError
+
+        raise ConfigError(f"device={device} asked for, but CUDA is not available; use device=cpu or auto")
+    return dev
+
+
+def progress(iterable: Iterable[T], *, desc: str = "", total: int | None = None, enabled: bool = True, **kw: Any) -> Iterable[T]:
+    """A tqdm bar on a terminal, silent when stderr is not a TTY (CI logs) or when disabled."""
+    if not enabled or os.environ.get("FEDCL_PROGRESS", "1") == "0":
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, disable=None, leave=False, dynamic_ncols=True, **kw)

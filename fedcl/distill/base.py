@@ -108,6 +108,9 @@ class Distiller(ABC):
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:1`` ...
         seed: drives every random choice of the run.
         progress: show a progress bar on a terminal.
+        network_fn: optional ``fn(in_shape, num_classes) -> nn.Module`` that supplies the
+            matching networks instead of fresh registry models (e.g. FedDM matches in the
+            feature space of the current global model, randomly perturbed).
     """
 
     name: ClassVar[str] = ""
@@ -115,7 +118,8 @@ class Distiller(ABC):
     supports_privacy: ClassVar[bool] = False
 
     def __init__(self, *, model: str = "convnet", model_kwargs: dict[str, Any] | None = None, init: str = "real",
-                 device: str | torch.device = "auto", seed: int = 0, progress: bool = True) -> None:
+                 device: str | torch.device = "auto", seed: int = 0, progress: bool = True,
+                 network_fn: Callable[[Sequence[int], int], nn.Module] | None = None) -> None:
         if init not in ("real", "noise"):
             raise ConfigError(f"init must be 'real' or 'noise', got {init!r}")
         self.model = model
@@ -124,11 +128,14 @@ class Distiller(ABC):
         self.device = resolve_device(device)
         self.seed = int(seed)
         self.progress = progress
+        self.network_fn = network_fn
         self.iterations = 0
         self.stats: dict[str, float] = {}
 
     def make_network(self, in_shape: Sequence[int], num_classes: int) -> nn.Module:
-        """A freshly initialised matching network on the engine's device."""
+        """A freshly initialised matching network on the engine's device (or ``network_fn``'s)."""
+        if self.network_fn is not None:
+            return self.network_fn(in_shape, num_classes).to(self.device)
         return create_model(self.model, in_shape, num_classes, **self.model_kwargs).to(self.device)
 
     def distill(self, images: torch.Tensor, labels: torch.Tensor, ipc: int, *, num_classes: int | None = None,

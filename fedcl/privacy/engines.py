@@ -1,0 +1,179 @@
+"""The DP branches of the matching engines (``dm``, ``gm``, ``dsa``).
+
+An engine's ``_distill`` hands over to these functions when it is given an enabled
+privacy block; they run the engine's own loop with every real-data access replaced by
+the :class:`~fedcl.privacy.mechanism.GaussianMechanism` (see that module for why the
+result is (epsilon, delta)-DP and how classes compose). The non-DP code paths of the
+engines are untouched. With ``noise_multiplier=0``, an infinite clipping bound and
+``sample_rate=1``, these loops compute what the non-DP engines compute (tested).
+
+Public API: :func:`plan_release` (the DPParams a run will have, computed before any data
+is touched, e.g. for a :class:`~fedcl.privacy.ledger.PrivacyLedger` check),
+:func:`distill_dm_private`, :func:`distill_gm_private`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from fedcl.distill.augment import DSA, default_strategy
+from fedcl.privacy.accounting import DPParams, resolve_privacy
+from fedcl.privacy.config import PrivacyConfig
+from fedcl.privacy.mechanism import GaussianMechanism, clip_rows, private_network
+from fedcl.utils import progress
+
+if TYPE_CHECKING:
+    from fedcl.distill.base import Callback, ClassData, Distiller
+
+__all__ = ["distill_dm_private", "distill_gm_private", "plan_release"]
+
+
+def _steps_per_iteration(engine: Distiller, ipc: int) -> int:
+    """How many times one iteration queries each class (1 for dm; outer_loop for gm/dsa)."""
+    if hasattr(engine, "outer_loop"):
+        from fedcl.distill.gm import loops_for_ipc
+
+        return int(engine.outer_loop or loops_for_ipc(ipc)[0])
+    return 1
+
+
+def plan_release(engine: Distiller, class_counts: Sequence[int], ipc: int, privacy: PrivacyConfig) -> DPParams:
+    """The DP parameters ``engine`` will use on data with these class sizes (no data touched).
+
+    The default sample rate is ``batch_real * K / N`` (K classes, N examples; capped at 1),
+    the same for every class, so each class's expected batch is ``q * N_c`` (``batch_real``
+    for balanced classes). Steps are ``iterations`` (times ``outer_loop`` for gm/dsa).
+
+    Raises:
+        PrivacyError: invalid privacy block, or a budget that cannot be reached.
+    """
+    counts = [int(c) for c in class_counts if int(c) > 0]
+    n = sum(counts)
+    q = min(1.0, getattr(engine, "batch_real", 256) * len(counts) / max(n, 1))
+    steps = int(engine.iterations) * _steps_per_iteration(engine, ipc)
+    return resolve_privacy(privacy, sample_rate=q, steps=steps, num_examples=n)
+
+
+def _setup(engine: Distiller, real: ClassData, syn: torch.Tensor, classes: list[int], gen: torch.Generator,
+           privacy: PrivacyConfig) -> tuple[GaussianMechanism, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Plan, record, build the mechanism, and start from noise (never from real images)."""
+    ipc = syn.shape[0] // len(classes)
+    counts = real.counts[torch.tensor(classes)]
+    params = plan_release(engine, counts.tolist(), ipc, privacy)
+    engine.stats["privacy"] = params.as_dict()
+    mech = GaussianMechanism(params, seed=engine.seed, secure_mode=privacy.secure_mode)
+    if engine.init == "real":
+        warnings.warn("DP: init='real' would copy real images into the synthetic set; starting from noise instead",
+                      stacklevel=3)
+        syn = torch.randn(syn.shape, generator=gen).to(syn.device)
+        engine._meta["init"] = "noise"
+    group = torch.zeros(real.num_classes, dtype=torch.long)
+    group[torch.tensor(classes)] = torch.arange(len(classes))
+    expected = params.sample_rate * counts.double()
+    return mech, syn, group, expected
+
+
+def distill_dm_private(engine: Distiller, real: ClassData, syn: torch.Tensor, syn_labels: torch.Tensor,
+                       classes: list[int], gen: torch.Generator, privacy: PrivacyConfig,
+                       callback: Callback | None) -> torch.Tensor:
+    """Distribution matching where each class's real mean embedding is a DP noisy clipped mean.
+
+    The synthetic embeddings are clipped to the same bound (no noise: no real data), so
+    both sides of the match live on the same scale.
+    """
+    from fedcl.distill.dm import class_means
+
+    mech, syn, group, expected = _setup(engine, real, syn, classes, gen, privacy)
+    c_max = mech.params.max_grad_norm
+    aug = DSA(engine.dsa_strategy or default_strategy(engine._meta.get("dataset", ""))) if engine.dsa else None
+    syn = syn.detach().clone().requires_grad_(True)
+    opt = torch.optim.SGD([syn], lr=engine.lr_img, momentum=engine.momentum)
+    in_shape, num_classes = syn.shape[1:], real.num_classes
+    syn_group = group[syn_labels.cpu()]
+    dev_group = group.to(real.device)
+    for it in progress(range(engine.iterations), desc=f"dp-dm {engine._meta.get('dataset', '')}",
+                       enabled=engine.progress):
+        net = private_network(engine.make_network(in_shape, num_classes), warn=it == 0)
+        net.train()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        params = aug.sample(len(classes), gen) if aug else None
+        xs = aug(syn, params, syn_group) if aug else syn
+        emb_syn = clip_rows(net.embed(xs), c_max)
+        idx = mech.sample(len(real.labels)).to(real.device)
+        xr, yr = real.images[idx], real.labels[idx]
+        with torch.no_grad():
+            if len(idx):
+                emb = net.embed(aug(xr, params, group[yr.cpu()]) if aug else xr)
+            else:
+                emb = emb_syn.new_zeros(0, emb_syn.shape[1])
+            target = mech.private_means(emb, dev_group[yr], expected)
+        loss = ((class_means(emb_syn, syn_labels, classes) - target) ** 2).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if callback is not None:
+            callback(it + 1, engine.wrap(syn, syn_labels, num_classes))
+    return syn.detach()
+
+
+def distill_gm_private(engine: Distiller, real: ClassData, syn: torch.Tensor, syn_labels: torch.Tensor,
+                       classes: list[int], gen: torch.Generator, privacy: PrivacyConfig,
+                       callback: Callback | None) -> torch.Tensor:
+    """Gradient matching (DC/DSA) where each class's real gradient is a DP-SGD gradient.
+
+    Per outer step, one Poisson sample of all real data is split by class; each class's
+    per-sample gradients (Opacus ``GradSampleModule``) are clipped as one vector over all
+    parameters, summed, noised and divided by the class's expected batch ``q * N_c``.
+    """
+    from fedcl.distill.gm import gradient_distance, loops_for_ipc
+    from fedcl.train import train_model
+
+    mech, syn, group, expected = _setup(engine, real, syn, classes, gen, privacy)
+    aug = DSA(engine.dsa_strategy or default_strategy(engine._meta.get("dataset", ""))) if engine.dsa else None
+    ipc = syn.shape[0] // len(classes)
+    outer, inner = loops_for_ipc(ipc)
+    outer = engine.outer_loop or outer
+    inner = engine.inner_loop if engine.inner_loop is not None else inner
+    syn = syn.detach().clone().requires_grad_(True)
+    opt = torch.optim.SGD([syn], lr=engine.lr_img, momentum=engine.momentum)
+    in_shape, num_classes = syn.shape[1:], real.num_classes
+
+    def sum_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y, reduction="sum")
+
+    for it in progress(range(engine.iterations), desc=f"dp-{engine.name} {engine._meta.get('dataset', '')}",
+                       enabled=engine.progress):
+        net = private_network(engine.make_network(in_shape, num_classes), warn=it == 0)
+        net.train()
+        params = [p for p in net.parameters() if p.requires_grad]
+        for ol in range(outer):
+            opt.zero_grad(set_to_none=True)
+            idx = mech.sample(len(real.labels)).to(real.device)
+            cls_of = real.labels[idx]
+            for ci, c in enumerate(classes):
+                sel = idx[cls_of == c]
+                xr, yr = real.images[sel], real.labels[sel]
+                xs, ys = syn[ci * ipc:(ci + 1) * ipc], syn_labels[ci * ipc:(ci + 1) * ipc]
+                if aug is not None:
+                    p = aug.sample(1, gen)
+                    xr = aug(xr, p) if len(xr) else xr
+                    xs = aug(xs, p)
+                g_real = mech.private_gradient(net, params, sum_ce, xr, yr, float(expected[ci]))
+                g_syn = torch.autograd.grad(F.cross_entropy(net(xs), ys), params, create_graph=True)
+                gradient_distance(g_syn, g_real).backward()
+            opt.step()
+            if ol == outer - 1:
+                break
+            augment = (lambda xb: aug.random(xb, gen)) if aug is not None else None
+            train_model(net, syn.detach(), syn_labels, epochs=inner, lr=engine.lr_net, momentum=0.0,
+                        weight_decay=0.0, batch_size=engine.batch_train, augment=augment, lr_decay=False,
+                        generator=gen)
+        if callback is not None:
+            callback(it + 1, engine.wrap(syn, syn_labels, num_classes))
+    return syn.detach()

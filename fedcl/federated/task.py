@@ -1,0 +1,201 @@
+"""The federated task, free of Flower: settings, partitions, models, client distillation, training.
+
+``client_app.py`` and ``server_app.py`` stay thin: they translate Flower messages to the
+calls below. Settings travel as one flat dict of kebab-case keys (``TaskSettings.to_record``)
+so they fit a Flower ``ConfigRecord`` and ``[tool.flwr.app.config]``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from fedcl.data import ImageData, load_dataset
+from fedcl.data.partition import partition_indices
+from fedcl.distill import create_distiller
+from fedcl.distill.augment import DSA, default_strategy
+from fedcl.models import create_model
+from fedcl.train import accuracy, train_model
+
+__all__ = ["TaskSettings", "distill_partition", "load_data", "load_partition", "make_model", "perturbed_network_fn",
+           "train_global", "train_local"]
+
+
+@dataclass
+class TaskSettings:
+    """Everything a client or the server needs to know about the task (kebab-case on the wire).
+
+    Attributes:
+        dataset, data_root: what to load (``data_root`` "" means ``$FEDCL_DATA`` / ``./data``).
+        partition, alpha, classes_per_client, seed: the federated split (and every other seed).
+        method, ipc, iterations, batch_real, lr_img, min_class_images: client distillation.
+        codec: summary codec (``float32``, ``float16``, ``uint8``).
+        model, width: the network (``width`` 0 keeps the model's default).
+        server_epochs: epochs the server trains on the union of summaries.
+        local_epochs, lr, batch_size: FedAvg local training (and server training lr).
+        rho: FedDM perturbation of the global model (relative std of the noise).
+        epsilon, delta: DP per client (epsilon 0 means no DP).
+        device: ``auto``, ``cpu``, ``cuda``.
+        fault: test hook, ``"PID:KIND,..."`` makes partition PID send a bad summary
+            (KIND: ``nan``, ``shape``, ``labels``, ``oversize``, ``dtype``).
+    """
+
+    dataset: str = "digits"
+    data_root: str = ""
+    partition: str = "dirichlet"
+    alpha: float = 0.1
+    classes_per_client: int = 2
+    seed: int = 0
+    method: str = "dm"
+    ipc: int = 10
+    iterations: int = 200
+    batch_real: int = 256
+    lr_img: float = 1.0
+    min_class_images: int = 1
+    codec: str = "float32"
+    model: str = "convnet"
+    width: int = 0
+    server_epochs: int = 300
+    local_epochs: int = 1
+    lr: float = 0.01
+    batch_size: int = 64
+    rho: float = 0.05
+    epsilon: float = 0.0
+    delta: float = 1e-5
+    device: str = "cpu"
+    fault: str = ""
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> TaskSettings:
+        """Read kebab-case keys (unknown keys are ignored: run configs hold server-only keys too)."""
+        kw = {}
+        for f in dataclasses.fields(cls):
+            key = f.name.replace("_", "-")
+            if key in record:
+                kw[f.name] = type(f.default)(record[key])
+        return cls(**kw)
+
+    def to_record(self) -> dict[str, Any]:
+        """Kebab-case dict of Flower-compatible values."""
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @property
+    def model_kwargs(self) -> dict[str, Any]:
+        return {"width": self.width} if self.width else {}
+
+    def faults(self) -> dict[int, str]:
+        """``fault`` parsed as ``{partition_id: kind}``."""
+        out = {}
+        for item in filter(None, (s.strip() for s in self.fault.split(","))):
+            pid, _, kind = item.partition(":")
+            out[int(pid)] = kind
+        return out
+
+
+@functools.lru_cache(maxsize=4)
+def load_data(dataset: str, root: str = "") -> ImageData:
+    """The dataset (cached per process: simulation actors serve many clients)."""
+    return load_dataset(dataset, root or None)
+
+
+@functools.lru_cache(maxsize=8)
+def _parts(dataset: str, root: str, scheme: str, num_partitions: int, seed: int, alpha: float,
+           classes_per_client: int) -> tuple[torch.Tensor, ...]:
+    data = load_data(dataset, root)
+    parts = partition_indices(data.train_labels.numpy(), num_partitions, scheme, seed=seed, alpha=alpha,
+                              classes_per_client=classes_per_client)
+    return tuple(torch.from_numpy(p) for p in parts)
+
+
+def load_partition(s: TaskSettings, partition_id: int, num_partitions: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training images and labels of one client."""
+    data = load_data(s.dataset, s.data_root)
+    idx = _parts(s.dataset, s.data_root, s.partition, num_partitions, s.seed, s.alpha, s.classes_per_client)[partition_id]
+    return data.train_images[idx], data.train_labels[idx]
+
+
+def make_model(s: TaskSettings, data: ImageData, seed: int | None = None) -> nn.Module:
+    """A fresh network for ``data`` (seeded when ``seed`` is given)."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    return create_model(s.model, data.image_shape, data.num_classes, **s.model_kwargs)
+
+
+def perturbed_network_fn(global_model: nn.Module, rho: float, seed: int) -> Callable[[Sequence[int], int], nn.Module]:
+    """FedDM: matching networks are the global model plus Gaussian noise of ``rho`` times each tensor's std."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def fn(in_shape: Sequence[int], num_classes: int) -> nn.Module:
+        net = copy.deepcopy(global_model)
+        with torch.no_grad():
+            for p in net.parameters():
+                scale = float(p.std()) if p.numel() > 1 else 0.0
+                p.add_(torch.randn(p.shape, generator=gen) * (rho * scale))
+        return net
+
+    return fn
+
+
+def distill_partition(s: TaskSettings, images: torch.Tensor, labels: torch.Tensor, data: ImageData, *,
+                      seed: int, network_fn: Callable[[Sequence[int], int], nn.Module] | None = None,
+                      privacy: Any = None) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, Any]]]:
+    """Distill one client's data: ``min(ipc, n_c)`` images for each class ``c`` it holds.
+
+    Classes with fewer than ``min_class_images`` images are left out. The engine takes one
+    ``ipc`` for all classes, so classes are grouped by their clipped ipc and each group is
+    distilled on its own (the groups hold disjoint data, so under DP their epsilons compose
+    in parallel: the client's epsilon is the largest group's).
+
+    Returns:
+        Images, labels, and one ``{"ipc", "classes", "seconds", "privacy"}`` dict per group.
+    """
+    counts = torch.bincount(labels, minlength=data.num_classes)
+    groups: dict[int, list[int]] = {}
+    for c in range(data.num_classes):
+        n = int(counts[c])
+        if n >= max(1, s.min_class_images):
+            groups.setdefault(min(s.ipc, n), []).append(c)
+    xs, ys, info = [], [], []
+    meta = {"dataset": data.name, "mean": list(data.mean), "std": list(data.std)}
+    for k, classes in sorted(groups.items()):
+        keep = torch.isin(labels, torch.tensor(classes))
+        opts: dict[str, Any] = {"iterations": s.iterations, "batch_real": s.batch_real, "lr_img": s.lr_img} \
+            if s.method in ("dm",) else {"iterations": s.iterations} if s.method in ("gm", "dsa") else {}
+        distiller = create_distiller(s.method, model=s.model, model_kwargs=s.model_kwargs, device=s.device,
+                                     seed=seed + k, progress=False, network_fn=network_fn, **opts)
+        syn = distiller.distill(images[keep], labels[keep], k, num_classes=data.num_classes, privacy=privacy, meta=meta)
+        xs.append(syn.images)
+        ys.append(syn.labels)
+        info.append({"ipc": k, "classes": classes, "seconds": distiller.stats.get("distill_seconds", 0.0),
+                     "privacy": syn.meta.get("privacy")})
+    if not xs:
+        return torch.zeros(0, *data.image_shape), torch.zeros(0, dtype=torch.long), info
+    return torch.cat(xs), torch.cat(ys), info
+
+
+def train_global(s: TaskSettings, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, data: ImageData,
+                 *, epochs: int, seed: int, dsa: bool = True) -> float:
+    """Train ``model`` in place on ``images`` (with DSA, the evaluation protocol); return test accuracy."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    aug = DSA(default_strategy(data.name)) if dsa else None
+    augment = (lambda xb: aug.random(xb, gen)) if aug else None
+    if len(images):
+        train_model(model, images, labels, epochs=epochs, lr=s.lr, batch_size=256, augment=augment, generator=gen,
+                    device=s.device)
+    return accuracy(model, data.test_images, data.test_labels, device=s.device)
+
+
+def train_local(s: TaskSettings, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, seed: int) -> float:
+    """FedAvg local update: ``local_epochs`` of plain SGD (no lr decay); returns training accuracy."""
+    gen = torch.Generator().manual_seed(seed)
+    train_model(model, images, labels, epochs=s.local_epochs, lr=s.lr, batch_size=s.batch_size, lr_decay=False,
+                generator=gen, device=s.device)
+    return accuracy(model, images, labels, device=s.device)

@@ -56,6 +56,8 @@ __all__ = ["GaussianMechanism", "clip_rows", "private_network"]
 
 def clip_rows(v: torch.Tensor, max_norm: float) -> torch.Tensor:
     """Scale each row of ``v`` (``(B, D)``) to L2 norm at most ``max_norm`` (``inf``: unchanged)."""
+    if max_norm == float("inf"):
+        return v
     norms = v.norm(dim=1, keepdim=True)
     factor = (max_norm / (norms + 1e-6)).clamp(max=1.0)
     return v * factor

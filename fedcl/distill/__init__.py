@@ -1,6 +1,8 @@
 """Distillation engines behind one registry; each returns a :class:`SyntheticSet`."""
 
 from fedcl.distill import dm as _dm  # noqa: F401  (registers dm)
+from fedcl.distill import gm as _gm  # noqa: F401  (registers gm, dsa)
+from fedcl.distill import select as _select  # noqa: F401  (registers random, herding, kcenter)
 from fedcl.distill.augment import DSA
 from fedcl.distill.base import DISTILLERS, ClassData, Distiller, create_distiller, list_distillers, register_distiller
 from fedcl.distill.synthetic import SyntheticSet

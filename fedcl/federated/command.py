@@ -1,0 +1,182 @@
+"""``fedcl federated [CONFIG.yaml] [key=value ...]``: compare strategies in one Flower simulation run folder.
+
+Each strategy runs as its own ``flwr.simulation.run_simulation`` (Ray backend) with the
+same partitions and model; a centralised baseline trains the same model on all the data.
+The run folder holds ``config.yaml``, ``metrics.json``, ``results.md`` and
+``accuracy_vs_bytes.png``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedcl.config import DataConfig, load_config
+from fedcl.errors import ConfigError
+from fedcl.privacy.config import PrivacyConfig
+
+__all__ = ["ClientResources", "FederatedConfig", "main", "run_federated"]
+
+
+@dataclass
+class ClientResources:
+    """Ray resources per simulated client: fractional values let several clients share a CPU or GPU."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+
+
+@dataclass
+class FederatedConfig:
+    """``fedcl federated``: strategies compared on one federated split.
+
+    ``rounds`` applies to ``fedavg``; ``feddm_rounds`` to ``feddm``; ``oneshot`` is one round.
+    ``privacy.epsilon`` makes each client's summary DP at that epsilon (per client, all rounds).
+    """
+
+    dataset: str = "digits"
+    num_clients: int = 10
+    partition: str = "dirichlet"
+    alpha: float = 0.1
+    classes_per_client: int = 2
+    strategies: list[str] = field(default_factory=lambda: ["oneshot", "feddm", "fedavg"])
+    rounds: int = 20
+    feddm_rounds: int = 3
+    method: str = "dm"
+    ipc: int = 10
+    iterations: int = 200
+    codec: str = "float32"
+    model: str = "convnet"
+    width: int = 0
+    server_epochs: int = 300
+    local_epochs: int = 1
+    lr: float = 0.01
+    centralised: bool = True
+    central_epochs: int = 50
+    min_summaries: int = 1
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 1
+    out: str | None = None
+    fault: str = ""
+    client_resources: ClientResources = field(default_factory=ClientResources)
+    data: DataConfig = field(default_factory=DataConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+
+
+def _validate(cfg: FederatedConfig) -> None:
+    from fedcl.data import load_dataset
+    from fedcl.data.partition import PARTITIONERS
+    from fedcl.distill import list_distillers
+    from fedcl.federated.codec import CODECS
+    from fedcl.federated.server_app import STRATEGIES
+
+    for name in cfg.strategies:
+        if name not in STRATEGIES:
+            raise ConfigError(f"unknown strategy {name!r}; valid: {', '.join(STRATEGIES.names())}")
+    if cfg.partition not in PARTITIONERS:
+        raise ConfigError(f"unknown partition {cfg.partition!r}; valid: {', '.join(PARTITIONERS.names())}")
+    if cfg.codec not in CODECS:
+        raise ConfigError(f"unknown codec {cfg.codec!r}; valid: {', '.join(CODECS.names())}")
+    if cfg.method not in list_distillers():
+        raise ConfigError(f"unknown method {cfg.method!r}; valid: {', '.join(list_distillers())}")
+    for key in ("num_clients", "rounds", "feddm_rounds", "ipc", "iterations", "min_summaries", "threads"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{key} must be at least 1, got {getattr(cfg, key)}")
+    if cfg.privacy.noise_multiplier is not None:
+        raise ConfigError("federated DP is set by privacy.epsilon (per client); privacy.noise_multiplier is not supported")
+    if cfg.privacy.epsilon is not None and not cfg.privacy.epsilon > 0:
+        raise ConfigError(f"privacy.epsilon must be > 0, got {cfg.privacy.epsilon}")
+    if cfg.privacy.epsilon is not None and "fedavg" in cfg.strategies:
+        raise ConfigError("privacy.epsilon applies to summaries; drop 'fedavg' from strategies for a DP run")
+    if cfg.client_resources.num_cpus <= 0:
+        raise ConfigError("client_resources.num_cpus must be > 0")
+    load_dataset(cfg.dataset, cfg.data.root)  # DataError now, not inside a Ray actor
+
+
+def run_config(cfg: FederatedConfig, strategy: str) -> dict[str, Any]:
+    """The kebab-case run config the ServerApp of ``strategy`` gets (and sends on to clients)."""
+    return {
+        "strategy": strategy, "num-rounds": cfg.feddm_rounds if strategy == "feddm" else cfg.rounds,
+        "min-nodes": cfg.num_clients, "min-summaries": cfg.min_summaries, "dataset": cfg.dataset,
+        "data-root": cfg.data.root or "", "partition": cfg.partition, "alpha": float(cfg.alpha),
+        "classes-per-client": cfg.classes_per_client, "seed": cfg.seed, "method": cfg.method, "ipc": cfg.ipc,
+        "iterations": cfg.iterations, "codec": cfg.codec, "model": cfg.model, "width": cfg.width,
+        "server-epochs": cfg.server_epochs, "local-epochs": cfg.local_epochs, "lr": float(cfg.lr),
+        "device": cfg.device, "fault": cfg.fault, "epsilon": float(cfg.privacy.epsilon or 0.0),
+        "delta": float(cfg.privacy.delta), "client-threads": cfg.threads, "server-threads": cfg.threads,
+    }
+
+
+def simulate(cfg: FederatedConfig, strategy: str) -> dict[str, Any]:
+    """Run one strategy with ``run_simulation`` and return the ServerApp's result."""
+    from flwr.simulation import run_simulation
+
+    from fedcl.federated.client_app import app as client_app
+    from fedcl.federated.server_app import make_server_app
+
+    sink: dict[str, Any] = {}
+    backend = {"client_resources": {"num_cpus": float(cfg.client_resources.num_cpus),
+                                    "num_gpus": float(cfg.client_resources.num_gpus)},
+               "init_args": {"num_cpus": max(1, int(cfg.threads * 2)), "include_dashboard": False}}
+    run_simulation(make_server_app(run_config(cfg, strategy), sink), client_app, num_supernodes=cfg.num_clients,
+                   backend_config=backend)
+    if "result" not in sink:
+        raise RuntimeError(f"the {strategy} simulation ended without a result (see the Flower log above)")
+    return sink["result"]
+
+
+def centralised(cfg: FederatedConfig) -> dict[str, Any]:
+    """The same model trained on all the training data (the bar the summaries aim at)."""
+    from fedcl.federated.task import TaskSettings, load_data, make_model, train_global
+
+    s = TaskSettings.from_record(run_config(cfg, "oneshot"))
+    data = load_data(s.dataset, s.data_root)
+    t0 = time.perf_counter()
+    model = make_model(s, data, seed=cfg.seed)
+    acc = train_global(s, model, data.train_images, data.train_labels, data, epochs=cfg.central_epochs, seed=cfg.seed)
+    return {"final_accuracy": acc, "epochs": cfg.central_epochs, "train_images": int(len(data.train_labels)),
+            "seconds": time.perf_counter() - t0}
+
+
+def run_federated(cfg: FederatedConfig) -> dict[str, Any]:
+    """Run every configured strategy (and the centralised baseline); return metrics.json's content."""
+    import torch
+
+    torch.set_num_threads(cfg.threads)
+    _validate(cfg)
+    t0 = time.perf_counter()
+    results: dict[str, Any] = {}
+    for name in cfg.strategies:
+        r = simulate(cfg, name)
+        r.pop("config", None)
+        results[name] = r
+    metrics: dict[str, Any] = {"dataset": cfg.dataset, "num_clients": cfg.num_clients, "partition": cfg.partition,
+                               "alpha": cfg.alpha, "codec": cfg.codec, "ipc": cfg.ipc, "strategies": results}
+    if cfg.centralised:
+        metrics["centralised"] = centralised(cfg)
+    metrics["seconds"] = time.perf_counter() - t0
+    return metrics
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of ``fedcl federated``."""
+    from fedcl.federated.report import write_report
+    from fedcl.runs import run_folder, save_config, write_json
+
+    cfg = load_config(FederatedConfig, argv)
+    _validate(cfg)
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    metrics = run_federated(cfg)
+    with run_folder(cfg.out, f"federated-{cfg.dataset}") as folder:
+        save_config(folder, cfg)
+        write_json(folder / "metrics.json", metrics)
+        write_report(folder, metrics)
+    for name, r in metrics["strategies"].items():
+        print(f"{name:8s} accuracy {r['final_accuracy']:.4f}  uplink {r['uplink_bytes']:,} B  "
+              f"dropped {r['dropped_summaries']}")
+    if "centralised" in metrics:
+        print(f"centralised accuracy {metrics['centralised']['final_accuracy']:.4f}")
+    return 0

@@ -1,0 +1,63 @@
+"""results.md and accuracy_vs_bytes.png of a ``fedcl federated`` run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["plot_accuracy_vs_bytes", "results_table", "write_report"]
+
+
+def _cumulative(per_round: list[int]) -> list[int]:
+    out, total = [], 0
+    for b in per_round:
+        total += b
+        out.append(total)
+    return out
+
+
+def results_table(metrics: dict[str, Any]) -> str:
+    """A markdown table: one row per strategy (and the centralised baseline)."""
+    lines = ["| strategy | rounds | final accuracy | uplink bytes | downlink bytes | dropped summaries |",
+             "|---|---|---|---|---|---|"]
+    for name, r in metrics["strategies"].items():
+        lines.append(f"| {name} | {r['rounds']} | {r['final_accuracy']:.4f} | {r['uplink_bytes']:,} | "
+                     f"{r['downlink_bytes']:,} | {r['dropped_summaries']} |")
+    if "centralised" in metrics:
+        c = metrics["centralised"]
+        lines.append(f"| centralised ({c['epochs']} epochs, all {c['train_images']} images) | - | "
+                     f"{c['final_accuracy']:.4f} | - | - | - |")
+    return "\n".join(lines)
+
+
+def plot_accuracy_vs_bytes(metrics: dict[str, Any], path: Path) -> Path:
+    """Test accuracy against cumulative uplink bytes (log x), one line per strategy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, r in metrics["strategies"].items():
+        xs = _cumulative(r["uplink_bytes_per_round"])
+        ys = r["accuracy_per_round"][1:len(xs) + 1]
+        ax.plot(xs[:len(ys)], ys, marker="o", markersize=3, label=name)
+    if "centralised" in metrics:
+        ax.axhline(metrics["centralised"]["final_accuracy"], color="grey", linestyle="--", label="centralised")
+    ax.set_xscale("log")
+    ax.set_xlabel("cumulative uplink bytes")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"{metrics['dataset']}, {metrics['num_clients']} clients, {metrics['partition']}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_report(folder: Path, metrics: dict[str, Any]) -> None:
+    """Write ``results.md`` and ``accuracy_vs_bytes.png`` into ``folder``."""
+    head = (f"# fedcl federated: {metrics['dataset']}, {metrics['num_clients']} clients, {metrics['partition']} "
+            f"(alpha {metrics['alpha']}), ipc {metrics['ipc']}, codec {metrics['codec']}\n\n")
+    (folder / "results.md").write_text(head + results_table(metrics) + "\n\n![accuracy vs bytes](accuracy_vs_bytes.png)\n")
+    plot_accuracy_vs_bytes(metrics, folder / "accuracy_vs_bytes.png")

@@ -41,7 +41,7 @@ def _shards(num_partitions: int, seed: int, classes_per_client: int = 2, **_: An
     from flwr_datasets.partitioner import PathologicalPartitioner
 
     return PathologicalPartitioner(num_partitions=num_partitions, partition_by="label",
-                                   num_classes_per_partition=classes_per_client, class_assignment_mode="random",
+                                   num_classes_per_partition=classes_per_client, class_assignment_mode="first-deterministic",
                                    shuffle=True, seed=seed)
 
 

@@ -1,0 +1,56 @@
+"""Seeded federated partitions (flwr-datasets partitioners over fedcl label vectors)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedcl.data.partition import partition_indices
+from fedcl.errors import ConfigError
+
+LABELS = np.repeat(np.arange(10), 60)  # 600 examples, 60 per class
+
+
+@pytest.mark.parametrize("scheme", ["iid", "dirichlet", "shards"])
+def test_partitions_are_disjoint_and_cover(scheme: str) -> None:
+    parts = partition_indices(LABELS, 10, scheme, seed=0, alpha=0.3)
+    joined = np.concatenate(parts)
+    assert len(joined) == len(np.unique(joined))
+    if scheme != "shards":  # the pathological split may leave classes nobody drew
+        assert len(joined) == len(LABELS)
+    assert all(len(p) > 0 for p in parts)
+
+
+@pytest.mark.parametrize("scheme", ["iid", "dirichlet", "shards"])
+def test_partitions_are_seeded(scheme: str) -> None:
+    a = partition_indices(LABELS, 5, scheme, seed=1, alpha=0.3)
+    b = partition_indices(LABELS, 5, scheme, seed=1, alpha=0.3)
+    c = partition_indices(LABELS, 5, scheme, seed=2, alpha=0.3)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+
+
+def test_iid_is_balanced_and_shards_hold_few_classes() -> None:
+    iid = partition_indices(LABELS, 6, "iid", seed=0)
+    assert max(len(p) for p in iid) - min(len(p) for p in iid) <= 1
+    assert all(len(np.unique(LABELS[p])) >= 8 for p in iid)
+    shards = partition_indices(LABELS, 10, "shards", seed=0, classes_per_client=2)
+    assert all(len(np.unique(LABELS[p])) <= 2 for p in shards)
+
+
+def test_small_alpha_is_more_skewed() -> None:
+    def classes_held(alpha: float) -> float:
+        parts = partition_indices(LABELS, 10, "dirichlet", seed=0, alpha=alpha)
+        return float(np.mean([len(np.unique(LABELS[p])) for p in parts]))
+
+    assert classes_held(0.1) < classes_held(100.0)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"scheme": "banana"}, "partition scheme"), ({"num_partitions": 0}, "num_partitions"),
+    ({"scheme": "dirichlet", "alpha": 0.0}, "alpha"),
+])
+def test_bad_partition_arguments(kwargs: dict, match: str) -> None:
+    args = {"num_partitions": 4, "scheme": "iid", **kwargs}
+    with pytest.raises(ConfigError, match=match):
+        partition_indices(LABELS, args.pop("num_partitions"), **args)

@@ -15,9 +15,9 @@ settings from the message's config over ``context.run_config``.
 
 from __future__ import annotations
 
+import json
 import time
 
-import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -82,7 +82,7 @@ def train(msg: Message, context: Context) -> Message:
         model = make_model(s, data)
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
         network_fn = perturbed_network_fn(model, s.rho, seed)
-    privacy, ledger = _privacy(s, context)
+    privacy, ledger = _privacy(s, context, int(merged.get("num-rounds", 1)))
     x, y, groups = distill_partition(s, images, labels, data, seed=seed, network_fn=network_fn, privacy=privacy)
     epsilon = _spend(ledger, groups, context, server_round)
     kind = s.faults().get(pid)
@@ -96,24 +96,37 @@ def train(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"summary": record, "metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
-def _privacy(s: TaskSettings, context: Context):
-    """The DP block and this client's ledger (kept in ``context.state`` across rounds), or (None, None)."""
+def _privacy(s: TaskSettings, context: Context, rounds: int):
+    """The DP block of this round and the client's ledger (kept in ``context.state`` across rounds).
+
+    The client's budget is ``epsilon`` over the whole run; each of the ``rounds`` releases
+    asks for ``epsilon / rounds`` and the ledger composes them exactly (Opacus RDP), so it
+    refuses (PrivacyError, the reply carries the error) any release over the budget.
+    """
     if not s.epsilon:
         return None, None
     from fedcl.privacy.config import PrivacyConfig
+    from fedcl.privacy.ledger import PrivacyLedger
 
-    return PrivacyConfig(epsilon=s.epsilon, delta=s.delta), context.state.config_records.get("privacy-ledger")
+    saved = context.state.config_records.get("privacy-ledger")
+    ledger = (PrivacyLedger.from_dict(json.loads(str(saved["json"]))) if saved is not None
+              else PrivacyLedger(epsilon=s.epsilon, delta=s.delta, owner=f"client-{context.node_id}"))
+    return PrivacyConfig(epsilon=s.epsilon / max(rounds, 1), delta=s.delta), ledger
 
 
 def _spend(ledger, groups: list[dict], context: Context, server_round: int) -> float:
-    """Record this round's epsilon (groups hold disjoint classes: parallel composition, the max)."""
-    eps = [float(g["privacy"]["epsilon"]) for g in groups if isinstance(g.get("privacy"), dict) and "epsilon" in g["privacy"]]
-    if not eps:
+    """Record this round's releases in the ledger; returns the client's total epsilon so far.
+
+    Groups hold disjoint classes (parallel composition), so one round costs its most
+    expensive group: that group's release is recorded.
+    """
+    if ledger is None:
         return 0.0
     from flwr.app import ConfigRecord
 
-    rec = context.state.config_records.get("privacy-ledger") or ConfigRecord({"epsilons": [0.0], "rounds": [0]})
-    rec["epsilons"] = [*list(rec["epsilons"]), max(eps)]
-    rec["rounds"] = [*list(rec["rounds"]), server_round]
-    context.state["privacy-ledger"] = rec
-    return float(np.sum(rec["epsilons"]))
+    releases = [g["privacy"] for g in groups if isinstance(g.get("privacy"), dict)]
+    if releases:
+        worst = max(releases, key=lambda r: float(r.get("epsilon", 0.0)))
+        ledger.record(worst, name=f"round {server_round}")
+    context.state["privacy-ledger"] = ConfigRecord({"json": json.dumps(ledger.to_dict())})
+    return float(ledger.spent())

@@ -92,7 +92,7 @@ def run_server(grid: Grid, run_config: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     result = strategy.start(grid=counting, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=rounds,
                             timeout=float(cfg["round-timeout"]),
-                            train_config=ConfigRecord({**s.to_record(), "task": task}), evaluate_fn=evaluate_fn)
+                            train_config=ConfigRecord({**s.to_record(), "task": task, "num-rounds": rounds}), evaluate_fn=evaluate_fn)
     acc = [float(result.evaluate_metrics_serverapp[r]["accuracy"]) for r in sorted(result.evaluate_metrics_serverapp)]
     dropped = list(getattr(strategy, "dropped", []))
     client_metrics = getattr(strategy, "client_metrics", {})

@@ -1,0 +1,191 @@
+"""Real deployment: a flower-superlink and three flower-supernode processes on 127.0.0.1, the app run with `flwr run`.
+
+Each test starts its own processes on free ports (each in its own process group, killed in
+teardown), writes a Flower config under a temporary FLWR_HOME, runs ``flwr run . <conn>``
+against the repository and reads the ServerApp's result file.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TINY = "iterations=5 width=16 server-epochs=40 batch-real=32"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _make_certs(folder: Path) -> dict[str, Path]:
+    """A CA and a server certificate for 127.0.0.1/localhost, made with ``cryptography``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def key_pem(key) -> bytes:
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedcl test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    san = x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(san, critical=False).sign(ca_key, hashes.SHA256()))
+    paths = {"ca": folder / "ca.crt", "cert": folder / "server.pem", "key": folder / "server.key"}
+    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths["key"].write_bytes(key_pem(key))
+    return paths
+
+
+class Federation:
+    """One SuperLink and ``n`` SuperNodes, killed (whole process groups) on :meth:`close`."""
+
+    def __init__(self, tmp: Path, n: int = 3, tls: bool = False) -> None:
+        self.tmp, self.procs = tmp, []
+        self.env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+                    "FLWR_HOME": str(tmp / "flwr-home"), "FEDCL_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+        self.port = _free_port()
+        sec = ["--insecure"]
+        node_sec = ["--insecure"]
+        conn = "insecure = true"
+        if tls:
+            certs = _make_certs(tmp)
+            sec = ["--ssl-certfile", str(certs["cert"]), "--ssl-keyfile", str(certs["key"]),
+                   "--ssl-ca-certfile", str(certs["ca"])]
+            node_sec = ["--root-certificates", str(certs["ca"])]
+            conn = f'root-certificates = "{certs["ca"]}"'
+        home = tmp / "flwr-home"
+        home.mkdir()
+        (home / "config.toml").write_text(f'[superlink]\ndefault = "test"\n\n[superlink.test]\n'
+                                          f'address = "127.0.0.1:{self.port}"\n{conn}\n')
+        self.link = self._start("superlink", [str(BIN / "flower-superlink"), *sec, "--host", "127.0.0.1", "--port",
+                                              str(self.port), "--database", ":flwr-in-memory:",
+                                              "--disable-runtime-dependency-installation"])
+        self.nodes = [self._start(f"supernode{i}", [
+            str(BIN / "flower-supernode"), *node_sec, "--superlink", f"127.0.0.1:{self.port}", "--port",
+            str(_free_port()), "--node-config", f"partition-id={i} num-partitions={n}"]) for i in range(n)]
+
+    def _start(self, name: str, cmd: list[str]) -> subprocess.Popen:
+        log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.tmp,
+                                start_new_session=True)
+        self.procs.append((proc, log))
+        return proc
+
+    def run(self, run_config: str, *, timeout: float = 240, on_line=None) -> dict:
+        """``flwr run . test --stream`` with ``run_config``; returns the ServerApp's result JSON."""
+        result = self.tmp / "result.json"
+        cmd = [str(BIN / "flwr"), "run", str(REPO), "test", "--stream", "--run-config",
+               f"{run_config} result-file='{result}'"]
+        out = open(self.tmp / "flwr-run.log", "w+b")  # noqa: SIM115
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=REPO,
+                                start_new_session=True)
+        self.procs.append((proc, out))
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None and time.monotonic() < deadline:
+            if on_line is not None:
+                on_line((self.tmp / "flwr-run.log").read_text(errors="replace"))
+            if result.exists():
+                break
+            time.sleep(1)
+        for _ in range(10):  # the result file is written just before the run ends
+            if result.exists() and result.stat().st_size:
+                break
+            time.sleep(1)
+        if not result.exists():
+            logs = (self.tmp / "flwr-run.log").read_text(errors="replace")[-3000:]
+            pytest.fail(f"no result within {timeout} s; flwr run output:\n{logs}")
+        time.sleep(0.5)
+        return json.loads(result.read_text())
+
+    def kill(self, proc: subprocess.Popen) -> None:
+        """SIGKILL a process and every process it started (its own session)."""
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+
+    def close(self) -> None:
+        for proc, log in self.procs:
+            if proc.poll() is None:
+                self.kill(proc)
+            log.close()
+
+
+@pytest.fixture
+def federation(tmp_path):
+    feds = []
+
+    def make(**kw) -> Federation:
+        fed = Federation(tmp_path, **kw)
+        feds.append(fed)
+        return fed
+
+    yield make
+    for fed in feds:
+        fed.close()
+
+
+def test_flwr_run_three_supernodes_insecure(federation):
+    fed = federation(n=3)
+    r = fed.run(f"strategy='oneshot' min-nodes=3 ipc=5 {TINY}")
+    assert r["strategy"] == "oneshot" and r["rounds"] == 1
+    assert r["dropped_summaries"] == 0
+    assert len(r["bytes_per_client"]["1"]) == 3  # three SuperNodes answered
+    assert r["uplink_bytes"] > 0 and r["summary_images"] > 0
+    assert r["final_accuracy"] > max(0.12, r["accuracy_per_round"][0])  # learned something (chance: 0.1)
+
+
+def test_flwr_run_with_tls(federation):
+    fed = federation(n=3, tls=True)
+    r = fed.run(f"strategy='oneshot' min-nodes=3 ipc=3 {TINY}")
+    assert len(r["bytes_per_client"]["1"]) == 3
+    assert r["dropped_summaries"] == 0 and r["final_accuracy"] > max(0.12, r["accuracy_per_round"][0])
+    assert "TLS disabled" not in (fed.tmp / "superlink.log").read_text(errors="replace")
+
+
+def test_run_completes_when_a_supernode_dies(federation):
+    fed = federation(n=3)
+    killed = []
+
+    def kill_in_round_two(log: str) -> None:
+        if not killed and "[ROUND 2/3]" in log:
+            fed.kill(fed.nodes[2])
+            killed.append(True)
+
+    r = fed.run(f"strategy='fedavg' num-rounds=3 min-nodes=2 round-timeout=25.0 local-epochs=1 {TINY}",
+                timeout=300, on_line=kill_in_round_two)
+    assert killed, "the run finished before round 2 started"
+    assert r["rounds"] == 3 and len(r["accuracy_per_round"]) == 4
+    answered = [sum(1 for v in r["bytes_per_client"][str(k)].values() if v["up"] > 0) for k in (1, 3)]
+    assert answered[0] == 3 and answered[1] == 2

@@ -1,0 +1,65 @@
+"""Flower simulations (run_simulation, Ray backend) on digits with tiny settings.
+
+Clients misbehave through the ``fault`` run-config hook (NaN images, wrong shapes,
+out-of-range labels, oversized summaries, wrong dtype); the server must drop exactly
+those summaries, say why, and go on, or stop clearly below ``min_summaries``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fedcl.errors import SummaryRejected
+from fedcl.federated.command import FederatedConfig, main, run_federated
+
+pytestmark = pytest.mark.slow
+
+TINY = {"iterations": 5, "width": 16, "server_epochs": 20, "central_epochs": 2, "threads": 1, "ipc": 3}
+
+
+def _cfg(**kw) -> FederatedConfig:
+    return FederatedConfig(**{**TINY, **kw})
+
+
+def test_bad_summaries_are_dropped_and_counted() -> None:
+    cfg = _cfg(num_clients=6, strategies=["oneshot"], partition="iid", centralised=False,
+               fault="0:nan,1:shape,2:labels,3:oversize,4:dtype")
+    r = run_federated(cfg)["strategies"]["oneshot"]
+    assert r["dropped_summaries"] == 5
+    reasons = " | ".join(d["reason"] for d in r["dropped"])
+    for words in ("NaN", "shape", "labels outside", "dtypes"):
+        assert words in reasons
+    assert "over the cap" in reasons or "more than" in reasons
+    assert r["summary_images"] == 30  # the one good client: 3 images x 10 classes (iid)
+    assert r["final_accuracy"] > 0.15
+
+
+def test_run_fails_clearly_below_the_minimum_of_valid_summaries() -> None:
+    cfg = _cfg(num_clients=3, strategies=["oneshot"], partition="iid", centralised=False, min_summaries=2,
+               fault="0:nan,1:labels")
+    with pytest.raises(SummaryRejected, match="only 1 valid summaries, fewer than the minimum 2"):
+        run_federated(cfg)
+
+
+def test_command_writes_the_run_folder(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    argv = [f"{k}={v}" for k, v in TINY.items()] + [
+        "num_clients=3", "strategies=[oneshot,fedavg]", "rounds=2", "codec=float16", f"out={out}"]
+    assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (out / "config.yaml").is_file() and (out / "results.md").is_file()
+    assert (out / "accuracy_vs_bytes.png").stat().st_size > 1000
+    s = metrics["strategies"]
+    assert set(s) == {"oneshot", "fedavg"}
+    for r in s.values():
+        assert {"final_accuracy", "accuracy_per_round", "uplink_bytes", "downlink_bytes", "rounds",
+                "dropped_summaries"} <= set(r)
+        assert 0.0 <= r["final_accuracy"] <= 1.0
+    assert s["fedavg"]["rounds"] == 2 and len(s["fedavg"]["accuracy_per_round"]) == 3
+    assert s["oneshot"]["downlink_bytes"] == 0 < s["fedavg"]["downlink_bytes"]
+    # a float16 summary is far smaller than two rounds of model weights
+    assert s["oneshot"]["uplink_bytes"] * 5 < s["fedavg"]["uplink_bytes"]
+    assert 0.0 <= metrics["centralised"]["final_accuracy"] <= 1.0
+    assert "oneshot" in capsys.readouterr().out

@@ -22,6 +22,7 @@ __all__ = ["STEPS", "QuickstartConfig", "distill_step", "main"]
 # "module:function" of each step, run in order (lazy imports keep start-up light)
 STEPS: list[str] = [
     "fedcl.quickstart:distill_step",
+    "fedcl.federated.quickstart:federated_step",
 ]
 
 # dm and dsa at ipc 10 against random real images, sized to take about a minute on 2 CPU cores

@@ -1,0 +1,66 @@
+"""Datasets and models: shapes, normalisation, clear errors; every registered model smoke-tested."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedcl.data import ImageData, list_datasets, load_dataset
+from fedcl.errors import ConfigError, DataError
+from fedcl.models import create_model, list_models
+
+
+def test_digits_split_is_fixed_and_stratified(digits: ImageData) -> None:
+    assert digits.image_shape == (1, 8, 8)
+    assert digits.train_images.shape[0] + digits.test_images.shape[0] == 1797
+    counts = digits.class_counts()
+    assert len(counts) == 10 and min(counts) >= 130
+    # normalised with the training mean/std
+    assert abs(float(digits.train_images.mean())) < 1e-4
+    assert abs(float(digits.train_images.std()) - 1) < 1e-2
+    again = load_dataset("digits")
+    assert torch.equal(again.test_labels, digits.test_labels)
+    assert torch.allclose(digits.denormalize(digits.train_images).max(), torch.tensor(1.0))
+
+
+def test_mnist_from_shared_data(mnist: ImageData) -> None:
+    assert mnist.image_shape == (1, 28, 28)
+    assert mnist.train_images.shape[0] == 6000 and mnist.test_images.shape[0] == 10000
+    assert mnist.num_classes == 10
+
+
+def test_unknown_dataset_lists_valid_names() -> None:
+    with pytest.raises(ConfigError, match="valid: .*digits.*mnist"):
+        load_dataset("imagenet-1m")
+
+
+@pytest.mark.parametrize("name", [n for n in list_datasets() if n != "digits"])
+def test_missing_root_names_expected_files(name: str, tmp_path) -> None:
+    with pytest.raises(DataError, match="expected .*data.root"):
+        load_dataset(name, tmp_path)
+
+
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32)])
+def test_every_model_forward_and_embed(name: str, shape: tuple[int, int, int]) -> None:
+    kwargs = {"width": 16} if name in ("convnet", "mlp", "resnet18") else {}
+    net = create_model(name, shape, 7, **kwargs)
+    x = torch.randn(3, *shape)
+    assert net(x).shape == (3, 7)
+    emb = net.embed(x)
+    assert emb.ndim == 2 and emb.shape[0] == 3
+    assert net.classifier(emb).shape == (3, 7)
+
+
+def test_convnet_depth_follows_image_size() -> None:
+    small = create_model("convnet", (1, 8, 8), 10)
+    large = create_model("convnet", (1, 28, 28), 10)
+    assert small.feature_dim == 128 * 2 * 2  # 2 blocks: 8 -> 4 -> 2
+    assert large.feature_dim == 128 * 3 * 3  # 3 blocks: 28 -> 14 -> 7 -> 3
+
+
+def test_unknown_model_and_norm() -> None:
+    with pytest.raises(ConfigError, match="valid: .*convnet"):
+        create_model("vgg99", (1, 8, 8), 10)
+    with pytest.raises(ConfigError, match="unknown norm"):
+        create_model("convnet", (1, 8, 8), 10, norm="weird")

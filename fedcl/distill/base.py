@@ -52,11 +52,11 @@ def create_distiller(name: str, **cfg: Any) -> Distiller:
     except TypeError as exc:
         import inspect
 
-        valid = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "kwargs")]
-        for klass in cls.__mro__[1:]:
-            if klass is object:
-                break
-            valid += [p for p in inspect.signature(klass.__init__).parameters if p not in ("self", "kwargs") and p not in valid]
+        valid: set[str] = set()
+        for klass in cls.__mro__:
+            if "__init__" in vars(klass):
+                valid |= {n for n, p in inspect.signature(klass.__init__).parameters.items()
+                          if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
         raise ConfigError(f"bad option for method {name!r}: {exc}; valid options: {', '.join(sorted(valid))}") from None
 
 

@@ -166,3 +166,40 @@ def test_secure_mode_needs_torchcsprng():
     except ImportError:
         with pytest.raises(PrivacyError, match="torchcsprng"):
             GaussianMechanism(params(), secure_mode=True)
+
+
+def test_no_noise_no_clipping_reproduces_gm(digits):
+    kw = dict(iterations=1, batch_real=1000, outer_loop=1, seed=1, **TINY)
+    x, y = digits.train_images[:200], digits.train_labels[:200]
+    plain = create_distiller("gm", **kw).distill(x, y, 1)
+    with pytest.warns(UserWarning, match="no noise"):
+        dp = create_distiller("gm", **kw).distill(
+            x, y, 1,
+            privacy=PrivacyConfig(noise_multiplier=0.0, max_grad_norm=math.inf, sample_rate=1.0))
+    assert torch.allclose(plain.images, dp.images, atol=1e-4)
+
+
+def test_dp_dsa_records_outer_steps(digits):
+    keep = digits.train_labels < 3
+    dist = create_distiller("dsa", iterations=1, batch_real=8, outer_loop=3, inner_loop=1, **TINY)
+    syn = dist.distill(digits.train_images[keep][:120], digits.train_labels[keep][:120], 2,
+                       privacy=PrivacyConfig(noise_multiplier=1.0))
+    assert syn.meta["privacy"]["steps"] == 3  # iterations * outer_loop: each outer step queries every class
+    assert torch.isfinite(syn.images).all()
+
+
+def test_per_sample_gradients_sum_to_the_batch_gradient_on_convnet(digits):
+    """Guards against Opacus grad samplers that silently drop layers (hook mode did, for deeper convs)."""
+    from fedcl import create_model
+    from fedcl.privacy import private_network
+
+    torch.manual_seed(0)
+    net = private_network(create_model("convnet", digits.image_shape, 10, width=8))
+    x, y = digits.train_images[:40], digits.train_labels[:40]
+    ps = list(net.parameters())
+    ref = torch.autograd.grad(torch.nn.functional.cross_entropy(net(x), y, reduction="sum"), ps)
+    mech = GaussianMechanism(params(nm=0.0, c=math.inf, q=1.0))
+    got = mech.private_gradient(net, ps, lambda lg, t: torch.nn.functional.cross_entropy(lg, t, reduction="sum"),
+                                x, y, expected_size=1.0)
+    for a, b in zip(ref, got, strict=True):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-3)

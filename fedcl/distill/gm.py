@@ -92,6 +92,12 @@ class GradientMatching(Distiller):
 
     def _distill(self, real: ClassData, syn: torch.Tensor, syn_labels: torch.Tensor, classes: list[int],
                  gen: torch.Generator, privacy: PrivacyConfig | None, callback: Callback | None) -> torch.Tensor:
+        # --- DP branch (owned by fedcl.privacy; the non-DP path below is untouched) ---
+        if privacy is not None and privacy.enabled:
+            from fedcl.privacy.engines import distill_gm_private
+
+            return distill_gm_private(self, real, syn, syn_labels, classes, gen, privacy, callback)
+        # --- end of DP branch ---
         aug = DSA(self.dsa_strategy or default_strategy(self._meta.get("dataset", ""))) if self.dsa else None
         ipc = syn.shape[0] // len(classes)
         outer, inner = loops_for_ipc(ipc)

@@ -67,8 +67,12 @@ def private_network(net: nn.Module, *, warn: bool = True) -> nn.Module:
     """``net`` if Opacus accepts it for per-example computation, else ``ModuleValidator.fix(net)``.
 
     The conversion replaces BatchNorm with GroupNorm (it mixes examples in a batch,
-    breaking the per-example sensitivity bound); ``warn`` says so once per call.
+    breaking the per-example sensitivity bound); ``warn`` says so once per call. In-place
+    activations are switched to out-of-place (same function; Opacus's hooks need it).
     """
+    for m in net.modules():  # in-place activations break Opacus's backward hooks (view + inplace)
+        if getattr(m, "inplace", False):
+            m.inplace = False
     if ModuleValidator.is_valid(net):
         return net
     fixed = ModuleValidator.fix(net)
@@ -159,7 +163,9 @@ class GaussianMechanism:
         """
         flat: torch.Tensor | None = None
         if len(x):
-            gsm = GradSampleModule(net, loss_reduction="sum")
+            # functorch mode: with torch 2.15 / opacus 1.6 the hook-based Conv2d grad sampler returns
+            # zeros for convs after the first one (tested in test_privacy_mechanism.py)
+            gsm = GradSampleModule(net, loss_reduction="sum", force_functorch=True)
             try:
                 loss_fn(gsm(x), y).backward()
                 flat = torch.cat([p.grad_sample.reshape(len(x), -1) for p in params], dim=1)

@@ -1,0 +1,112 @@
+"""Avalanche benchmarks built from fedcl datasets with Avalanche 0.6's ``nc_benchmark`` generator.
+
+Every benchmark is a registered function ``fn(data_root, seed, n_experiences) -> Benchmark``;
+the class order (split benchmarks) or the permutations (permuted) are fixed by ``seed``.
+Missing files raise :class:`~fedcl.errors.DataError` before anything trains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from avalanche.benchmarks import nc_benchmark
+from avalanche.benchmarks.utils.classification_dataset import _make_taskaware_tensor_classification_dataset
+
+from fedcl.data import ImageData, load_dataset
+from fedcl.registry import Registry
+
+__all__ = ["BENCHMARKS", "Benchmark", "list_benchmarks", "make_benchmark", "register_benchmark"]
+
+
+@dataclass
+class Benchmark:
+    """An Avalanche scenario plus the fedcl facts strategies need.
+
+    Attributes:
+        scenario: the Avalanche benchmark (``train_stream``, ``test_stream``).
+        data: the source dataset (normalisation, class names).
+        name: registry name.
+        num_classes: classes of the whole stream (the model's output size).
+        meta: facts for distillation engines (``dataset``, ``mean``, ``std``).
+    """
+
+    scenario: Any
+    data: ImageData
+    name: str
+    num_classes: int
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return {"dataset": self.data.name, "mean": list(self.data.mean), "std": list(self.data.std)}
+
+    @property
+    def in_shape(self) -> tuple[int, int, int]:
+        return self.data.image_shape
+
+
+BENCHMARKS: Registry[Benchmark] = Registry("benchmark")
+Factory = Callable[[str | None, int, int | None], Benchmark]
+
+
+def register_benchmark(name: str) -> Callable[[Factory], Factory]:
+    """Register ``fn(root, seed, n_experiences) -> Benchmark`` under ``name``."""
+    return BENCHMARKS.register(name)
+
+
+def list_benchmarks() -> list[str]:
+    """Names of every registered benchmark."""
+    return BENCHMARKS.names()
+
+
+def make_benchmark(name: str, *, root: str | None = None, seed: int = 0, n_experiences: int | None = None) -> Benchmark:
+    """Build a registered benchmark (``split_digits``, ``split_mnist``, ``permuted_mnist`` ...).
+
+    Raises:
+        ConfigError: unknown name.
+        DataError: the dataset files are missing under ``root``.
+    """
+    return BENCHMARKS.get(name)(root, seed, n_experiences)
+
+
+def _tensor_dataset(x: torch.Tensor, y: torch.Tensor) -> Any:
+    return _make_taskaware_tensor_classification_dataset(x, y, task_labels=0, targets=y.tolist())
+
+
+def _split(dataset: str, name: str, default_exps: int) -> Factory:
+    def build(root: str | None, seed: int, n_experiences: int | None) -> Benchmark:
+        data = load_dataset(dataset, root)
+        scenario = nc_benchmark(_tensor_dataset(data.train_images, data.train_labels),
+                                _tensor_dataset(data.test_images, data.test_labels),
+                                n_experiences=n_experiences or default_exps, task_labels=False, seed=seed)
+        return Benchmark(scenario, data, name, data.num_classes)
+
+    build.__doc__ = f"Class-incremental {dataset}: classes in a seeded random order, {default_exps} experiences."
+    return build
+
+
+def _permuted(dataset: str, name: str, default_exps: int) -> Factory:
+    def build(root: str | None, seed: int, n_experiences: int | None) -> Benchmark:
+        data = load_dataset(dataset, root)
+        gen = torch.Generator().manual_seed(seed)
+        n_pix = int(torch.tensor(data.image_shape).prod())
+        train, test = [], []
+        for i in range(n_experiences or default_exps):
+            # the first experience sees the original images, as in Avalanche's PermutedMNIST
+            perm = torch.arange(n_pix) if i == 0 else torch.randperm(n_pix, generator=gen)
+            for src, y, out in ((data.train_images, data.train_labels, train), (data.test_images, data.test_labels, test)):
+                out.append(_tensor_dataset(src.flatten(1)[:, perm].view_as(src), y))
+        scenario = nc_benchmark(train, test, n_experiences=len(train), task_labels=False, shuffle=False,
+                                one_dataset_per_exp=True, class_ids_from_zero_in_each_exp=True)
+        return Benchmark(scenario, data, name, data.num_classes)
+
+    build.__doc__ = f"Domain-incremental {dataset}: each experience a seeded pixel permutation of all classes."
+    return build
+
+
+for _name, _ds, _exps in (("split_digits", "digits", 5), ("split_mnist", "mnist", 5),
+                          ("split_fashion_mnist", "fashion_mnist", 5), ("split_cifar10", "cifar10", 5)):
+    register_benchmark(_name)(_split(_ds, _name, _exps))
+register_benchmark("permuted_mnist")(_permuted("mnist", "permuted_mnist", 5))

@@ -1,0 +1,192 @@
+"""Run one Avalanche strategy on one benchmark and collect the accuracy matrix.
+
+Strategies are registry entries ``fn(ctx) -> SupervisedTemplate``: stock Avalanche
+(``naive``, ``replay``, ``herding``, ``gdumb``) and fedcl's distilled replay
+(``distilled``, ``distilled_dsa``, ``distilled_dp``).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from avalanche.evaluation.metrics import accuracy_metrics, forgetting_metrics
+from avalanche.logging import InteractiveLogger
+from avalanche.training import GDumb, Naive
+from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
+from avalanche.training.storage_policy import ClassBalancedBuffer, HerdingSelectionStrategy, ParametricBuffer
+from avalanche.training.templates import SupervisedTemplate
+from torch import Tensor
+
+from fedcl.continual.benchmarks import Benchmark
+from fedcl.continual.config import ContinualConfig
+from fedcl.errors import ConfigError, PrivacyError
+from fedcl.models import create_model
+from fedcl.registry import Registry
+from fedcl.utils import resolve_device, seed_everything
+from strategies.replay import DistilledReplay
+
+__all__ = ["STRATEGIES", "Context", "check_strategies", "list_strategies", "make_evaluator", "register_strategy",
+           "run_strategy"]
+
+
+@dataclass
+class Context:
+    """What a strategy builder needs: the config, benchmark, a fresh model, seed, device, evaluator."""
+
+    cfg: ContinualConfig
+    bench: Benchmark
+    model: torch.nn.Module
+    seed: int
+    device: torch.device
+    evaluator: EvaluationPlugin
+
+    def common(self) -> dict[str, Any]:
+        """Keyword arguments every Avalanche strategy takes."""
+        opt = torch.optim.SGD(self.model.parameters(), lr=self.cfg.lr, momentum=self.cfg.momentum)
+        return {"model": self.model, "optimizer": opt, "criterion": torch.nn.CrossEntropyLoss(),
+                "train_mb_size": self.cfg.batch_size, "train_epochs": self.cfg.epochs, "eval_mb_size": 1024,
+                "device": self.device, "evaluator": self.evaluator}
+
+
+STRATEGIES: Registry[SupervisedTemplate] = Registry("continual strategy")
+Builder = Callable[[Context], SupervisedTemplate]
+
+
+def register_strategy(name: str) -> Callable[[Builder], Builder]:
+    """Register ``fn(ctx: Context) -> SupervisedTemplate`` under ``name``."""
+    return STRATEGIES.register(name)
+
+
+def list_strategies() -> list[str]:
+    """Names of every registered strategy."""
+    return STRATEGIES.names()
+
+
+@register_strategy("naive")
+def _naive(ctx: Context) -> SupervisedTemplate:
+    return Naive(**ctx.common())
+
+
+@register_strategy("replay")
+def _replay(ctx: Context) -> SupervisedTemplate:
+    mem = ctx.cfg.mem_size
+    return Naive(**ctx.common(), plugins=[ReplayPlugin(mem, storage_policy=ClassBalancedBuffer(mem, adaptive_size=True))])
+
+
+class _FlatHerding(HerdingSelectionStrategy):
+    """Stock iCaRL herding on flattened conv features (the stock class expects ``(N, D)`` features)."""
+
+    def make_sorted_indices_from_features(self, features: Tensor) -> list[int]:
+        return super().make_sorted_indices_from_features(features.flatten(1))
+
+
+@register_strategy("herding")
+def _herding(ctx: Context) -> SupervisedTemplate:
+    mem = ctx.cfg.mem_size
+    layer = "features" if hasattr(ctx.model, "features") else "body"
+    storage = ParametricBuffer(mem, groupby="class", selection_strategy=_FlatHerding(ctx.model, layer))
+    return Naive(**ctx.common(), plugins=[ReplayPlugin(mem, storage_policy=storage)])
+
+
+@register_strategy("gdumb")
+def _gdumb(ctx: Context) -> SupervisedTemplate:
+    return GDumb(**ctx.common(), mem_size=ctx.cfg.mem_size)
+
+
+def _distilled(method: str, private: bool) -> Builder:
+    def build(ctx: Context) -> SupervisedTemplate:
+        d = ctx.cfg.distill
+        kwargs = {"iterations": d.iterations, "lr_img": d.lr_img, "batch_real": d.batch_real,
+                  "model_kwargs": dict(d.model_kwargs) or dict(ctx.cfg.model_kwargs), "device": str(ctx.device),
+                  **dict(d.engine)}
+        if method in ("random", "herding", "kcenter"):
+            kwargs = {k: v for k, v in kwargs.items() if k in ("model_kwargs", "device")}
+        return DistilledReplay(**ctx.common(), mem_size=ctx.cfg.mem_size, method=method, distiller_kwargs=kwargs,
+                               privacy=ctx.cfg.privacy if private else None, shrink=d.shrink, gdumb=d.gdumb,
+                               gdumb_epochs=d.gdumb_epochs, num_classes=ctx.bench.num_classes,
+                               meta=ctx.bench.meta, seed=ctx.seed)
+
+    build.engine = method  # type: ignore[attr-defined]
+    return build
+
+
+register_strategy("distilled")(_distilled("dm", False))
+register_strategy("distilled_dsa")(_distilled("dsa", False))
+register_strategy("distilled_dp")(_distilled("dm", True))
+
+
+def make_evaluator() -> EvaluationPlugin:
+    """Accuracy and forgetting per experience and stream; a console logger only on a terminal."""
+    loggers = [InteractiveLogger()] if sys.stdout.isatty() else []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "No loggers specified": intended off a terminal
+        return EvaluationPlugin(accuracy_metrics(experience=True, stream=True),
+                                forgetting_metrics(experience=True, stream=True), loggers=loggers)
+
+
+def run_strategy(cfg: ContinualConfig, bench: Benchmark, name: str, seed: int) -> dict[str, Any]:
+    """Train ``name`` over the benchmark's train stream, evaluating on the whole test stream after each experience.
+
+    Returns:
+        ``accuracy_matrix[i][j]`` (accuracy on test experience j after training experience i),
+        ``final_accuracy``, ``forgetting`` (Avalanche's StreamForgetting), ``train_seconds`` and
+        ``distill_seconds`` per experience (training time excludes distillation).
+    """
+    seed_everything(seed)
+    device = resolve_device(cfg.device)
+    model = create_model(cfg.model, bench.in_shape, bench.num_classes, **dict(cfg.model_kwargs))
+    strategy = STRATEGIES.get(name)(Context(cfg, bench, model, seed, device, make_evaluator()))
+    storage = getattr(strategy, "storage_policy", None)
+    train_stream, test_stream = bench.scenario.train_stream, bench.scenario.test_stream
+    matrix, train_s, distill_s = [], [], []
+    res: dict[str, Any] = {}
+    for exp in train_stream:
+        before = sum(storage.distill_seconds) if storage is not None else 0.0
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # stock ReplayPlugin calls the deprecated update()
+            strategy.train(exp, num_workers=0)
+        spent = (sum(storage.distill_seconds) - before) if storage is not None else 0.0
+        train_s.append(time.perf_counter() - t0 - spent)
+        distill_s.append(spent)
+        res = strategy.eval(test_stream, num_workers=0)
+        matrix.append([float(res[f"Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp{j:03d}"])
+                       for j in range(len(test_stream))])
+    out = {"accuracy_matrix": matrix, "final_accuracy": float(res["Top1_Acc_Stream/eval_phase/test_stream/Task000"]),
+           "forgetting": float(res.get("StreamForgetting/eval_phase/test_stream", 0.0)),
+           "train_seconds_per_experience": train_s, "distill_seconds_per_experience": distill_s}
+    if storage is not None:
+        out["memory_class_counts"] = {str(c): n for c, n in storage.class_counts().items()}
+        spent = storage.privacy_spent
+        if storage.privacy is not None and storage.privacy.enabled:
+            if any(p is None for p in spent):
+                raise PrivacyError(f"strategy {name!r}: the engine reported no privacy spending, so the memory is "
+                                   "not known to be DP; use an engine with a DP path")
+            out["privacy"] = {"per_experience": spent, "composition": "parallel (disjoint experiences): max epsilon"}
+    return out
+
+
+def check_strategies(cfg: ContinualConfig) -> None:
+    """Fail before training on unknown strategies, impossible memories or a DP variant without a budget."""
+    unknown = [s for s in cfg.strategies if s not in list_strategies()]
+    if unknown:
+        raise ConfigError(f"unknown strategies {unknown}; valid: {', '.join(list_strategies())}")
+    if not cfg.strategies:
+        raise ConfigError("strategies is empty; name at least one, e.g. strategies=[replay,distilled]")
+    if "distilled_dp" in cfg.strategies and not cfg.privacy.enabled:
+        raise ConfigError("strategy distilled_dp needs privacy.epsilon=... (or privacy.noise_multiplier=...)")
+    from fedcl.distill import list_distillers
+
+    for s in cfg.strategies:
+        engine = getattr(STRATEGIES.get(s), "engine", None)
+        if engine is not None and engine not in list_distillers():
+            raise ConfigError(f"strategy {s!r} needs distillation engine {engine!r}, which is not registered; "
+                              f"registered engines: {', '.join(list_distillers())}")
+    if not cfg.seeds:
+        raise ConfigError("seeds is empty; give at least one, e.g. seeds=[0]")

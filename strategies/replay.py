@@ -1,0 +1,305 @@
+"""Distilled replay for Avalanche: a storage policy and a strategy.
+
+:class:`DistilledBuffer` is an Avalanche ``ExemplarsBuffer``: after each experience it
+distills that experience's data, class by class, with a fedcl engine (``dm`` by default)
+into its share of a fixed memory. It plugs into the stock
+``ReplayPlugin(mem_size=M, storage_policy=DistilledBuffer(M))`` and so into any strategy
+that takes plugins. :class:`DistilledReplay` wraps that the way Avalanche's ``Replay``
+wraps ``ReplayPlugin``, with a GDumb-style option.
+
+Share rule (class-balanced, never above ``max_size``): with ``n`` classes seen so far,
+every class gets ``max_size // n`` images; the remainder goes, one image each, to the
+classes of the current experience (they are being distilled now, so they can take any
+size). Older classes shrink to their new share by ``shrink="subsample"`` (keep the first
+images of the class's synthetic set; they start from a random sample of real images, so
+a prefix is an unbiased subset) or ``shrink="redistill"`` (distill the class's current
+synthetic images into the smaller share with the same engine; it reads no real data, so
+under DP it is post-processing and costs no privacy).
+
+Privacy: with an enabled :class:`~fedcl.privacy.config.PrivacyConfig`, each experience's
+distillation is DP. Experiences hold disjoint data, so the stream's guarantee is the
+*maximum* of the per-experience epsilons (parallel composition), not their sum.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import torch
+from avalanche.benchmarks.utils.classification_dataset import _make_taskaware_tensor_classification_dataset
+from avalanche.training.plugins import ReplayPlugin, SupervisedPlugin
+from avalanche.training.storage_policy import ExemplarsBuffer
+from avalanche.training.templates import SupervisedTemplate
+from torch.utils.data import DataLoader
+
+from fedcl.distill import create_distiller, list_distillers
+from fedcl.errors import ConfigError
+from fedcl.privacy.config import PrivacyConfig
+
+__all__ = ["DistilledBuffer", "DistilledGDumbPlugin", "DistilledReplay", "class_shares"]
+
+SHRINK_RULES = ("subsample", "redistill")
+
+
+def class_shares(max_size: int, seen: list[int], new: list[int]) -> dict[int, int]:
+    """Images per class: ``max_size // len(seen)`` each, the remainder one each to ``new`` classes.
+
+    Args:
+        max_size: the memory budget.
+        seen: every class seen so far (old and new).
+        new: the classes of the current experience (a subset of ``seen``).
+
+    Returns:
+        ``{class: share}``; shares differ by at most one and sum to at most ``max_size``.
+    """
+    base, rem = divmod(max_size, len(seen))
+    shares = dict.fromkeys(seen, base)
+    for c in sorted(new)[:rem]:
+        shares[c] += 1
+    return shares
+
+
+def _collect(dataset: Any, batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An Avalanche experience dataset as ``(x, y, task)`` tensors (eval transforms, no shuffling)."""
+    data = dataset.eval() if hasattr(dataset, "eval") else dataset
+    xs, ys, ts = [], [], []
+    for batch in DataLoader(data, batch_size=batch_size, shuffle=False):
+        xs.append(batch[0])
+        ys.append(batch[1])
+        ts.append(batch[-1] if len(batch) >= 3 else torch.zeros_like(batch[1]))
+    return torch.cat(xs), torch.cat(ys).long(), torch.cat(ts).long()
+
+
+class DistilledBuffer(ExemplarsBuffer):
+    """A class-balanced replay memory of distilled images (an Avalanche ``ExemplarsBuffer``).
+
+    Args:
+        max_size: total images in memory (at least one per class it will see).
+        method: a fedcl distillation engine (``dm``, ``dsa``, ``gm``, ``random``, ``herding`` ...).
+        distiller_kwargs: options for :func:`fedcl.distill.create_distiller` (iterations, model ...).
+        num_classes: classes of the whole stream (for the labels); defaults to the largest seen + 1.
+        privacy: a DP block; each experience's distillation then runs under it.
+        shrink: how old classes shrink to a smaller share: ``subsample`` or ``redistill``.
+        meta: dataset facts passed to the engine (``dataset``, ``mean``, ``std``).
+        seed: base seed; experience ``i`` distills with ``seed + i``.
+        ledger: optional privacy ledger with ``record(...)``-style use (see :meth:`_record_privacy`).
+
+    Attributes:
+        distill_seconds: wall seconds spent distilling each experience, in order.
+        privacy_spent: the privacy metadata each experience's distillation reported.
+    """
+
+    def __init__(self, max_size: int, *, method: str = "dm", distiller_kwargs: dict[str, Any] | None = None,
+                 num_classes: int | None = None, privacy: PrivacyConfig | None = None, shrink: str = "subsample",
+                 meta: dict[str, Any] | None = None, seed: int = 0, ledger: Any = None) -> None:
+        super().__init__(max_size)
+        if int(max_size) < 1:
+            raise ConfigError(f"max_size must be at least 1, got {max_size}")
+        if method not in list_distillers():
+            raise ConfigError(f"unknown distillation method {method!r}; valid: {', '.join(list_distillers())}")
+        if shrink not in SHRINK_RULES:
+            raise ConfigError(f"shrink must be one of {', '.join(SHRINK_RULES)}, got {shrink!r}")
+        self.method = method
+        self.distiller_kwargs = {"progress": False, **(distiller_kwargs or {})}
+        create_distiller(method, **self.distiller_kwargs)  # validate the options now, before any training
+        self.num_classes = num_classes
+        self.privacy = privacy
+        self.shrink = shrink
+        self.meta = dict(meta or {})
+        self.seed = int(seed)
+        self.ledger = ledger
+        self.classes: list[int] = []
+        self.memory: dict[int, torch.Tensor] = {}
+        self.tasks: dict[int, int] = {}
+        self.experiences = 0
+        self.distill_seconds: list[float] = []
+        self.privacy_spent: list[Any] = []
+        self._dtype = torch.float32
+
+    # ---- Avalanche interface -------------------------------------------------------------
+    def post_adapt(self, agent_state: Any, exp: Any) -> None:
+        """Distill ``exp``'s data into the memory (called by ``ReplayPlugin.after_training_exp``)."""
+        x, y, t = _collect(exp.dataset)
+        self.update_from_tensors(x, y, t)
+
+    def update(self, strategy: Any, **kwargs: Any) -> None:
+        """What the stock ``ReplayPlugin`` calls after each experience (Avalanche 0.6's name for ``post_adapt``)."""
+        self.post_adapt(strategy, strategy.experience)
+
+    def resize(self, strategy: Any, new_size: int) -> None:
+        """Change ``max_size`` and re-apply the share rule (a smaller memory shrinks every class)."""
+        self.max_size = int(new_size)
+        if self.classes:
+            self._check_size(len(self.classes))
+            self._apply_shares(class_shares(self.max_size, self.classes, []))
+
+    # ---- the work ------------------------------------------------------------------------
+    def update_from_tensors(self, x: torch.Tensor, y: torch.Tensor, task: torch.Tensor | None = None) -> None:
+        """Distill a batch of new data (one experience) into the memory.
+
+        Classes already in memory are re-distilled from the new data only if the experience
+        brings them back (e.g. a domain-incremental stream); they then take the new images.
+        """
+        new = sorted(int(c) for c in torch.unique(y))
+        seen = self.classes + [c for c in new if c not in self.classes]
+        self._check_size(len(seen))
+        shares = class_shares(self.max_size, seen, new)
+        num_classes = self.num_classes or max(seen) + 1
+        self._dtype = x.dtype
+        ipc = max(shares[c] for c in new)
+        smallest = int(torch.bincount(y, minlength=num_classes)[new].min())
+        distiller = create_distiller(self.method, **{**self.distiller_kwargs, "seed": self.seed + self.experiences})
+        t0 = time.perf_counter()
+        syn = distiller.distill(x.float(), y, min(ipc, smallest), num_classes=num_classes, privacy=self.privacy,
+                                meta=self.meta)
+        self.distill_seconds.append(time.perf_counter() - t0)
+        self._record_privacy(syn.meta.get("privacy"))
+        for c in new:
+            self.memory[c] = syn.images[syn.labels == c].to(x.dtype)
+            self.tasks[c] = int(task[y == c][0]) if task is not None else 0
+        self.classes = seen
+        self.experiences += 1
+        self._apply_shares(shares)
+
+    def _check_size(self, n_classes: int) -> None:
+        if self.max_size < n_classes:
+            raise ConfigError(f"memory of {self.max_size} images cannot hold one image for each of {n_classes} "
+                              f"classes; use mem_size >= {n_classes}")
+
+    def _apply_shares(self, shares: dict[int, int]) -> None:
+        for c, share in shares.items():
+            images = self.memory[c]
+            if images.shape[0] <= share:
+                continue
+            if self.shrink == "subsample":
+                self.memory[c] = images[:share].clone()
+            else:
+                labels = torch.full((images.shape[0],), c, dtype=torch.long)
+                kwargs = {**self.distiller_kwargs, "seed": self.seed + 10_000 + c}
+                syn = create_distiller(self.method, **kwargs).distill(
+                    images.float(), labels, share, num_classes=self.num_classes or max(self.classes) + 1,
+                    meta=self.meta)
+                self.memory[c] = syn.images.to(images.dtype)
+        self._rebuild()
+
+    def _record_privacy(self, spent: Any) -> None:
+        self.privacy_spent.append(spent)
+        if self.ledger is not None and spent is not None:
+            # disjoint experiences: the ledger composes them in parallel (max), see module docstring
+            self.ledger.record(f"experience-{self.experiences}", spent, partition=f"experience-{self.experiences}")
+
+    def _rebuild(self) -> None:
+        xs = [self.memory[c] for c in self.classes]
+        ys = [torch.full((m.shape[0],), c, dtype=torch.long) for c, m in zip(self.classes, xs)]
+        ts = [torch.full((m.shape[0],), self.tasks[c], dtype=torch.long) for c, m in zip(self.classes, xs)]
+        x, y, t = torch.cat(xs), torch.cat(ys), torch.cat(ts)
+        self.buffer = _make_taskaware_tensor_classification_dataset(x, y, task_labels=t.tolist(), targets=y.tolist())
+
+    # ---- inspection and checkpoints ------------------------------------------------------
+    def class_counts(self) -> dict[int, int]:
+        """Images in memory for each class seen so far."""
+        return {c: int(self.memory[c].shape[0]) for c in self.classes}
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The memory as ``(images, labels)`` tensors, class by class in order of arrival."""
+        if not self.classes:
+            return torch.zeros(0), torch.zeros(0, dtype=torch.long)
+        x = torch.cat([self.memory[c] for c in self.classes])
+        y = torch.cat([torch.full((self.memory[c].shape[0],), c, dtype=torch.long) for c in self.classes])
+        return x, y
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors only (safe to save with safetensors; no pickle needed to restore)."""
+        x, y = self.tensors()
+        return {"images": x.contiguous(), "labels": y, "classes": torch.tensor(self.classes, dtype=torch.long),
+                "tasks": torch.tensor([self.tasks[c] for c in self.classes], dtype=torch.long),
+                "max_size": torch.tensor(self.max_size), "experiences": torch.tensor(self.experiences),
+                "distill_seconds": torch.tensor(self.distill_seconds, dtype=torch.float64)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore a memory written by :meth:`state_dict`."""
+        self.max_size = int(state["max_size"])
+        self.experiences = int(state["experiences"])
+        self.classes = [int(c) for c in state["classes"]]
+        self.tasks = {c: int(t) for c, t in zip(self.classes, state["tasks"])}
+        self.distill_seconds = [float(s) for s in state["distill_seconds"]]
+        x, y = state["images"], state["labels"]
+        self.memory = {c: x[y == c].clone() for c in self.classes}
+        if self.classes:
+            self._dtype = x.dtype
+            self._rebuild()
+
+
+class DistilledGDumbPlugin(SupervisedPlugin):
+    """GDumb-style: after each experience, a fresh copy of the initial model is trained on the memory alone.
+
+    Args:
+        storage_policy: the :class:`DistilledBuffer` to update and train on.
+        epochs: epochs of training on the memory (a tiny set: hundreds of epochs are cheap).
+        lr: SGD learning rate (momentum 0.9, weight decay 5e-4, x0.1 at half the epochs).
+        batch_size: minibatch size on the memory.
+    """
+
+    def __init__(self, storage_policy: DistilledBuffer, *, epochs: int = 300, lr: float = 0.01,
+                 batch_size: int = 256) -> None:
+        super().__init__()
+        self.storage_policy = storage_policy
+        self.epochs, self.lr, self.batch_size = int(epochs), float(lr), int(batch_size)
+        self.init_model: torch.nn.Module | None = None
+
+    def before_training(self, strategy: SupervisedTemplate, **kwargs: Any) -> None:
+        if self.init_model is None:
+            self.init_model = copy.deepcopy(strategy.model).cpu()
+
+    def after_training_exp(self, strategy: SupervisedTemplate, **kwargs: Any) -> None:
+        from fedcl.train import train_model
+
+        self.storage_policy.post_adapt(strategy, strategy.experience)
+        x, y = self.storage_policy.tensors()
+        model = copy.deepcopy(self.init_model).to(strategy.device)
+        gen = torch.Generator().manual_seed(self.storage_policy.seed + self.storage_policy.experiences)
+        strategy.model = train_model(model, x, y, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
+                                     generator=gen, device=strategy.device)
+
+
+class DistilledReplay(SupervisedTemplate):
+    """Replay from a distilled memory, in the style of Avalanche's ``Replay`` strategy.
+
+    Args:
+        model: the network.
+        optimizer: its optimizer.
+        criterion: the loss.
+        mem_size: total images in memory.
+        method: fedcl distillation engine (``dm`` default).
+        distiller_kwargs: engine options (iterations, model, model_kwargs, device ...).
+        privacy: make each experience's distillation DP.
+        shrink: ``subsample`` or ``redistill`` (see the module docstring).
+        gdumb: train a fresh model on the memory alone after each experience instead of replaying.
+        gdumb_epochs: epochs of that training.
+        num_classes: classes of the whole stream.
+        meta: dataset facts for the engine (``dataset``, ``mean``, ``std``).
+        seed: drives the distillation.
+        ledger: optional privacy ledger.
+        plugins: further plugins, passed through.
+        **base_kwargs: everything else ``SupervisedTemplate`` takes (train_mb_size, train_epochs,
+            eval_mb_size, device, evaluator, eval_every ...).
+    """
+
+    def __init__(self, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, criterion: Any,
+                 mem_size: int = 200, method: str = "dm", distiller_kwargs: dict[str, Any] | None = None,
+                 privacy: PrivacyConfig | None = None, shrink: str = "subsample", gdumb: bool = False,
+                 gdumb_epochs: int = 300, num_classes: int | None = None, meta: dict[str, Any] | None = None,
+                 seed: int = 0, ledger: Any = None, plugins: list[SupervisedPlugin] | None = None,
+                 **base_kwargs: Any) -> None:
+        self.storage_policy = DistilledBuffer(mem_size, method=method, distiller_kwargs=distiller_kwargs,
+                                              num_classes=num_classes, privacy=privacy, shrink=shrink, meta=meta,
+                                              seed=seed, ledger=ledger)
+        plugin: SupervisedPlugin
+        if gdumb:
+            plugin = DistilledGDumbPlugin(self.storage_policy, epochs=gdumb_epochs)
+        else:
+            plugin = ReplayPlugin(mem_size=mem_size, storage_policy=self.storage_policy)
+        plugins = [*(plugins or []), plugin]
+        super().__init__(model=model, optimizer=optimizer, criterion=criterion, plugins=plugins, **base_kwargs)

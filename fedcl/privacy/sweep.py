@@ -40,7 +40,9 @@ class SweepConfig:
     model: str = "convnet"
     width: int = 32
     iterations: int = 200
-    gm_iterations: int = 5
+    gm_iterations: int = 10
+    gm_outer_loop: int = 5
+    gm_inner_loop: int = 10
     batch_real: int = 32
     lr_img: float = 1.0
     dp_lr_img: float = 100.0
@@ -119,6 +121,8 @@ def _release(cfg: SweepConfig, method: str, eps: float | None, seed: int, data: 
                           "iterations": cfg.iterations if method == "dm" else cfg.gm_iterations}
     if method == "dm":
         kw["lr_img"] = cfg.dp_lr_img if priv else cfg.lr_img
+    else:
+        kw.update(outer_loop=cfg.gm_outer_loop, inner_loop=cfg.gm_inner_loop)
     syn = create_distiller(method, **kw).distill(
         data.train_images, data.train_labels, cfg.ipc, num_classes=data.num_classes, privacy=priv,
         meta={"dataset": data.name, "mean": list(data.mean), "std": list(data.std)})

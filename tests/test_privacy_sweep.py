@@ -1,0 +1,66 @@
+"""Membership-inference audit maths and the privacy-sweep command (tiny settings)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from fedcl.errors import ConfigError, FedclError, PrivacyError
+from fedcl.privacy.audit import attack_metrics, empirical_epsilon
+from fedcl.privacy.sweep import SweepConfig, _validate, main
+
+
+def test_random_scores_give_no_evidence():
+    rng = np.random.default_rng(0)
+    member = np.r_[np.ones(300), np.zeros(300)]
+    m = attack_metrics(rng.normal(size=600), member)
+    assert abs(m["auc"] - 0.5) < 0.07
+    assert m["eps_lower_bound"] < 0.5
+
+
+def test_separable_scores_give_a_large_bound():
+    member = np.r_[np.ones(300), np.zeros(300)]
+    scores = member + np.random.default_rng(1).normal(scale=0.01, size=600)
+    m = attack_metrics(scores, member)
+    assert m["auc"] == 1.0 and m["tpr_at_1fpr"] == 1.0
+    assert 3.0 < m["eps_lower_bound"] < empirical_epsilon(np.r_[scores, scores], np.r_[member, member]) + 1e-9
+
+
+@pytest.mark.parametrize("over, err", [
+    ({"methods": ["nope"]}, ConfigError),
+    ({"methods": []}, ConfigError),
+    ({"epsilons": [0.0]}, PrivacyError),
+    ({"epsilons": [], "nodp": False}, ConfigError),
+])
+def test_bad_sweep_configs(over, err):
+    with pytest.raises(err):
+        _validate(SweepConfig(**over))
+
+
+def test_sweep_refuses_privacy_epsilon_and_unknown_keys(tmp_path):
+    with pytest.raises(ConfigError):
+        main([f"out={tmp_path / 'a'}", "privacy.epsilon=1"])
+    with pytest.raises(FedclError):
+        main([f"out={tmp_path / 'b'}", "no_such_key=1"])
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+def test_tiny_sweep_writes_its_run_folder(tmp_path):
+    out = tmp_path / "run"
+    rc = main([f"out={out}", "epsilons=[4.0]", "methods=[dm,dpsgd]", "iterations=2", "width=8", "eval.models=1",
+               "eval.epochs=2", "dpsgd_epochs=1", "audit_members=50", "audit_shadows=2", "audit_shadow_size=100"])
+    assert rc == 0
+    for name in ("config.yaml", "metrics.json", "results.csv", "privacy_utility.png", "audit.md"):
+        assert (out / name).is_file(), name
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert {(r["method"], r["target_epsilon"]) for r in rows} == {("dm", ""), ("dm", "4.0"), ("dpsgd", ""),
+                                                                  ("dpsgd", "4.0")}
+    metrics = json.loads((out / "metrics.json").read_text())
+    for r in metrics["rows"]:
+        assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["loss_auc"] <= 1.0
+        if r["target_epsilon"] is not None:
+            assert r["privacy"]["epsilon"] <= 4.0 and r["privacy"]["steps"] > 0

@@ -29,7 +29,8 @@ DATA = os.environ.get("FEDCL_DATA", str(ROOT.parent / "shared" / "data"))
 def main() -> int:
     warnings.filterwarnings("ignore")
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
-    cfg = SweepConfig(dataset="mnist", epsilons=[1.0, 8.0], methods=["dm", "dpsgd"], seeds=[0, 1], ipc=10,
+    seeds = [int(s) for s in os.environ.get("SEEDS", "0").split(",")]
+    cfg = SweepConfig(dataset="mnist", epsilons=[1.0, 8.0], methods=["dm", "dpsgd"], seeds=seeds, ipc=10,
                       width=32, iterations=int(os.environ.get("ITERS", "200")), batch_real=64, dp_lr_img=100.0,
                       dpsgd_epochs=5, dpsgd_batch_size=256, dpsgd_lr=0.2, audit_members=300, audit_shadows=2,
                       audit_shadow_size=1000, device="cpu")

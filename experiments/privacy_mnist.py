@@ -7,7 +7,8 @@ membership-inference audit. Run in the background:
 
 Writes the sweep run folder to experiments/results/privacy_mnist/ (results.csv, metrics.json,
 privacy_utility.png, audit.md) and prints the audit table. Settings are reduced from the
-papers to fit a shared 2-core CPU; they are all in the run's config.yaml.
+papers to fit a shared 2-core CPU; they are all in the run's config.yaml. Environment
+overrides: SEEDS (e.g. "0,1,2"), ITERS, EVAL_MODELS, EVAL_EPOCHS, DPSGD_EPOCHS, THREADS.
 """
 
 from __future__ import annotations
@@ -32,11 +33,11 @@ def main() -> int:
     seeds = [int(s) for s in os.environ.get("SEEDS", "0").split(",")]
     cfg = SweepConfig(dataset="mnist", epsilons=[1.0, 8.0], methods=["dm", "dpsgd"], seeds=seeds, ipc=10,
                       width=32, iterations=int(os.environ.get("ITERS", "200")), batch_real=64, dp_lr_img=100.0,
-                      dpsgd_epochs=5, dpsgd_batch_size=256, dpsgd_lr=0.2, audit_members=300, audit_shadows=2,
+                      dpsgd_epochs=int(os.environ.get("DPSGD_EPOCHS", "5")), dpsgd_batch_size=256, dpsgd_lr=0.2, audit_members=300, audit_shadows=2,
                       audit_shadow_size=1000, device="cpu")
     cfg.data.root = DATA
-    cfg.eval.models = 2
-    cfg.eval.epochs = 100
+    cfg.eval.models = int(os.environ.get("EVAL_MODELS", "2"))
+    cfg.eval.epochs = int(os.environ.get("EVAL_EPOCHS", "100"))
     _validate(cfg)
     with run_folder(str(ROOT / "experiments" / "results" / "privacy_mnist"), "privacy_mnist") as folder:
         save_config(folder, cfg)

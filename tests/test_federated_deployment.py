@@ -183,9 +183,12 @@ def test_run_completes_when_a_supernode_dies(federation):
             fed.kill(fed.nodes[2])
             killed.append(True)
 
-    r = fed.run(f"strategy='fedavg' num-rounds=3 min-nodes=2 round-timeout=25.0 local-epochs=1 {TINY}",
-                timeout=300, on_line=kill_in_round_two)
+    r = fed.run(f"strategy='fedavg' num-rounds=3 min-nodes=2 round-timeout=120.0 local-epochs=1 {TINY}",
+                timeout=560, on_line=kill_in_round_two)
     assert killed, "the run finished before round 2 started"
     assert r["rounds"] == 3 and len(r["accuracy_per_round"]) == 4
-    answered = [sum(1 for v in r["bytes_per_client"][str(k)].values() if v["up"] > 0) for k in (1, 3)]
-    assert answered[0] == 3 and answered[1] == 2
+    answered = {k: {n for n, v in r["bytes_per_client"][str(k)].items() if v["up"] > 0} for k in (1, 2, 3)}
+    diag = (r["bytes_per_client"], r["accuracy_per_round"])
+    assert len(answered[1]) == 3, diag  # all three trained in round 1
+    assert len(answered[3]) == 2 and answered[3] < answered[1], diag  # the two survivors carried on
+    assert r["final_accuracy"] > r["accuracy_per_round"][0], diag

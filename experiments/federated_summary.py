@@ -1,0 +1,64 @@
+"""Compose experiments/results/federated.md from the federated JSON results present (digits, MNIST-6k).
+
+Usage: .venv/bin/python experiments/federated_summary.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parent / "results"
+
+
+def _rows(run: dict) -> list[str]:
+    rows = []
+    fedavg = run["strategies"].get("fedavg", {}).get("uplink_bytes")
+    for name, r in run["strategies"].items():
+        share = f"1/{fedavg / r['uplink_bytes']:,.0f}" if fedavg and r["uplink_bytes"] else "-"
+        rows.append(f"| {name} | {r['rounds']} | {r['final_accuracy']:.4f} | {r['uplink_bytes']:,} | {share} | "
+                    f"{r['dropped_summaries']} | {r['seconds']:.0f} |")
+    if "centralised" in run:
+        c = run["centralised"]
+        rows.append(f"| centralised ({c['epochs']} epochs) | - | {c['final_accuracy']:.4f} | - | - | - | {c['seconds']:.0f} |")
+    return rows
+
+
+def main() -> None:
+    head = ["| strategy | rounds | test accuracy | uplink bytes | uplink vs FedAvg | dropped | seconds |",
+            "|---|---|---|---|---|---|---|"]
+    lines = ["# Federated learning with distilled summaries: measured results", "",
+             "All numbers are measured here by the scripts named below on a shared 2-core CPU (timings are noisy: "
+             "3-5 other jobs ran at the same time, load average 10-18). Accuracies are fractions of the test set.", ""]
+    digits = OUT / "federated_digits.json"
+    if digits.exists():
+        d = json.loads(digits.read_text())
+        lines += ["## Digits (embedded), 10 clients, Dirichlet alpha 0.1 (`experiments/federated_digits.py`)", "",
+                  f"Environment: {d['environment']}", "", *head, *_rows(d["comparison"]), "",
+                  f"Wall time of the comparison: {d['comparison_seconds']:.0f} s.", "",
+                  "Codecs (one-shot): " + ", ".join(f"{k} {v['uplink_bytes']:,} B -> {v['final_accuracy']:.4f}"
+                                                     for k, v in d["codecs"].items()), ""]
+        if "scale_100" in d:
+            s = d["scale_100"]
+            lines += [f"100 clients (one-shot, ipc 5): accuracy {s['final_accuracy']:.4f}, peak RSS of the whole "
+                      f"process tree (driver + Ray) {s['peak_rss_bytes'] / 2**30:.2f} GiB, {s['seconds']:.0f} s.", ""]
+        lines += ["![digits](federated_digits_accuracy_vs_bytes.png)", ""]
+    else:
+        lines += ["Digits: not run yet (`experiments/federated_digits.py`).", ""]
+    mnist = OUT / "federated_mnist.json"
+    if mnist.exists():
+        m = json.loads(mnist.read_text())
+        lines += ["## MNIST-6k, 10 clients, Dirichlet alpha 0.1 (`experiments/federated_mnist.py`)", "",
+                  f"Seeds {m['seeds']}; first seed:", "", *head, *_rows(m["runs"][0]), "",
+                  "![mnist](federated_mnist_accuracy_vs_bytes.png)", ""]
+    else:
+        lines += ["MNIST-6k: not run to completion yet (`experiments/federated_mnist.py`, run it in the background).", ""]
+    lines += ["Published for comparison: FedDM (CVPR 2023) and DOSFL (2020, one round, 93-99% of centralised "
+              "accuracy with up to 1000x less communication) report the same trend; their numbers are on other "
+              "splits and models and are not comparable one to one."]
+    (OUT / "federated.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

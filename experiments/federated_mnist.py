@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from federated_common import environment  # noqa: E402
 
 from fedcl.config import DataConfig  # noqa: E402
-from fedcl.federated.command import FederatedConfig, run_federated  # noqa: E402
+from fedcl.federated.command import ClientResources, FederatedConfig, run_federated  # noqa: E402
 from fedcl.federated.report import plot_accuracy_vs_bytes, results_table  # noqa: E402
 from fedcl.privacy.config import PrivacyConfig  # noqa: E402
 
@@ -42,7 +42,7 @@ def main() -> None:
                               alpha=0.1, ipc=10, iterations=args.iterations, seed=seed, threads=args.threads,
                               strategies=["oneshot", "fedavg", "feddm"], rounds=20, feddm_rounds=3,
                               server_epochs=300, central_epochs=30,
-                              client_resources={"num_cpus": 1.0, "num_gpus": 0.0})
+                              client_resources=ClientResources(num_cpus=1.0, num_gpus=0.0))
         runs.append(run_federated(cfg))
         if args.dp:
             dp = FederatedConfig(**{**cfg.__dict__, "strategies": ["oneshot"], "centralised": False,

@@ -54,3 +54,8 @@ def test_bad_partition_arguments(kwargs: dict, match: str) -> None:
     args = {"num_partitions": 4, "scheme": "iid", **kwargs}
     with pytest.raises(ConfigError, match=match):
         partition_indices(LABELS, args.pop("num_partitions"), **args)
+
+
+def test_many_clients_with_a_small_alpha_still_draw() -> None:
+    parts = partition_indices(LABELS, 100, "dirichlet", seed=0, alpha=0.1)  # falls back to smaller minimum sizes
+    assert len(parts) == 100 and sum(len(p) for p in parts) == len(LABELS)

@@ -58,7 +58,9 @@ def partition_indices(labels: Sequence[int] | np.ndarray, num_partitions: int, s
         alpha: Dirichlet concentration (smaller is more skewed); ``dirichlet`` only.
         classes_per_client: classes each client holds; ``shards`` only.
         min_partition_size: ``dirichlet`` re-draws (up to 10 times) until every client has
-            at least this many examples; None picks ``min(10, N // (2 * num_partitions))``.
+            at least this many examples; None tries ``min(10, N // (2 * num_partitions))``, then
+            1, then 0 (many clients and a small alpha can leave a client empty: it then sends
+            an empty summary).
 
     Returns:
         One sorted int64 index array per partition.
@@ -73,7 +75,13 @@ def partition_indices(labels: Sequence[int] | np.ndarray, num_partitions: int, s
     if scheme == "dirichlet" and not alpha > 0:
         raise ConfigError(f"alpha must be > 0 for the dirichlet partition, got {alpha}")
     if min_partition_size is None:
-        min_partition_size = min(10, n // (2 * num_partitions))
+        for size in (min(10, n // (2 * num_partitions)), 1, 0):
+            try:
+                return partition_indices(y, num_partitions, scheme, seed=seed, alpha=alpha,
+                                         classes_per_client=classes_per_client, min_partition_size=size)
+            except ConfigError:
+                if size == 0:
+                    raise
     make: Callable[..., Any] = PARTITIONERS.get(scheme)
     import datasets
 

@@ -23,6 +23,7 @@ __all__ = ["STEPS", "QuickstartConfig", "distill_step", "main"]
 STEPS: list[str] = [
     "fedcl.quickstart:distill_step",
     "fedcl.federated.quickstart:federated_step",
+    "fedcl.privacy.quickstart:privacy_step",
 ]
 
 # dm and dsa at ipc 10 against random real images, sized to take about a minute on 2 CPU cores

@@ -27,18 +27,26 @@ def params(nm=1.0, c=1.0, q=0.5, steps=10) -> DPParams:
                     accountant="rdp")
 
 
-@pytest.mark.parametrize("accountant", ["rdp", "prv", "gdp"])
-def test_recorded_epsilon_matches_opacus(digits, accountant):
+def test_recorded_epsilon_matches_opacus(digits):
     dist = create_distiller("dm", iterations=3, batch_real=16, **TINY)
-    syn = dist.distill(digits.train_images, digits.train_labels, 1,
-                       privacy=PrivacyConfig(epsilon=2.0, accountant=accountant))
+    syn = dist.distill(digits.train_images, digits.train_labels, 1, privacy=PrivacyConfig(epsilon=2.0))
     rec = syn.meta["privacy"]
     assert set(rec) == {"epsilon", "delta", "noise_multiplier", "sample_rate", "steps", "max_grad_norm", "accountant"}
-    assert rec["steps"] == 3 and rec["accountant"] == accountant
-    acc = create_accountant(accountant)
+    assert rec["steps"] == 3 and rec["accountant"] == "rdp"
+    assert rec["sample_rate"] == pytest.approx(16 * 10 / len(digits.train_labels))
+    acc = create_accountant("rdp")
     acc.history = [(rec["noise_multiplier"], rec["sample_rate"], rec["steps"])]
     assert rec["epsilon"] == pytest.approx(acc.get_epsilon(delta=rec["delta"]), rel=1e-9)
     assert 2.0 - 0.05 <= rec["epsilon"] <= 2.0  # calibrated to the target, never above it
+
+
+@pytest.mark.parametrize("accountant", ["prv", "gdp"])
+def test_calibration_with_other_accountants(accountant):
+    p = resolve_privacy(PrivacyConfig(epsilon=3.0, accountant=accountant), sample_rate=0.05, steps=200)
+    acc = create_accountant(accountant)
+    acc.history = [(p.noise_multiplier, 0.05, 200)]
+    assert p.epsilon == pytest.approx(acc.get_epsilon(delta=1e-5), rel=1e-6)
+    assert 3.0 - 0.05 <= p.epsilon <= 3.0
 
 
 def test_noise_multiplier_given_gives_epsilon():

@@ -1,0 +1,78 @@
+"""`fedcl continual`: run folder and metrics schema, override keys, bad input before training, benchmarks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fedcl.continual.benchmarks import make_benchmark
+from fedcl.continual.command import main
+from fedcl.errors import ConfigError, DataError
+
+TINY = ["epochs=1", "n_experiences=2", "distill.iterations=2", "distill.batch_real=16", "distill.model_kwargs.width=8",
+        "distill.engine.dsa=false", "device=cpu"]
+
+
+def test_command_writes_run_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["benchmark=split_digits", "strategies=[naive,herding,distilled]", "mem_size=10", "seeds=[0,1]",
+               "model=mlp", "model_kwargs.width=16", f"out={out}", *TINY])
+    assert rc == 0
+    assert {p.name for p in out.iterdir()} == {"config.yaml", "metrics.json", "results.md", "accuracy_matrix.png"}
+    m = json.loads((out / "metrics.json").read_text())
+    assert list(m["strategies"]) == ["naive", "herding", "distilled"]
+    for s in m["strategies"].values():
+        assert 0.0 <= s["final_accuracy"]["mean"] <= 1.0 and s["final_accuracy"]["std"] >= 0.0
+        assert -1.0 <= s["forgetting"]["mean"] <= 1.0  # negative: backward transfer
+        assert len(s["distill_seconds_per_experience"]) == 2
+        assert len(s["runs"]) == 2 and len(s["runs"][0]["accuracy_matrix"]) == 2
+        assert all(0.0 <= v <= 1.0 for row in s["runs"][0]["accuracy_matrix"] for v in row)
+    assert all(v > 0 for v in m["strategies"]["distilled"]["distill_seconds_per_experience"])
+    assert m["strategies"]["naive"]["distill_seconds_per_experience"] == [0.0, 0.0]
+    assert m["strategies"]["distilled"]["runs"][0]["memory_class_counts"] == {str(c): 1 for c in range(10)}
+    assert "| distilled |" in (out / "results.md").read_text()
+    assert "mem_size: 10" in (out / "config.yaml").read_text()
+    assert "| naive |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, error, match", [
+    (["mem_size=5"], ConfigError, "mem_size >= 10"),
+    (["strategies=[replay,nope]"], ConfigError, "unknown strategies"),
+    (["strategies=[distilled_dp]"], ConfigError, "privacy.epsilon"),
+    (["benchmark=split_nothing"], ConfigError, "unknown benchmark"),
+    (["no_such_key=1"], ConfigError, "no_such_key"),
+    (["mem_size=lots"], ConfigError, "mem_size"),
+])
+def test_bad_input_fails_before_training(tmp_path, args, error, match):
+    out = tmp_path / "run"
+    with pytest.raises(error, match=match):
+        main([*args, f"out={out}", *TINY])
+    assert not out.exists()
+
+
+def test_missing_data_is_a_clear_error(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(DataError, match="not found"):
+        main(["benchmark=split_mnist", f"data.root={tmp_path / 'empty'}", f"out={out}", *TINY])
+    assert not out.exists()
+
+
+def test_class_order_is_fixed_by_seed():
+    def order(seed):
+        return [tuple(e.classes_in_this_experience) for e in make_benchmark("split_digits", seed=seed).scenario.train_stream]
+
+    assert order(3) == order(3)
+    assert order(3) != order(4)
+    assert sorted(c for exp in order(3) for c in exp) == list(range(10))
+
+
+def test_config_file_in_repo_loads():
+    from fedcl.config import load_config
+    from fedcl.continual.config import ContinualConfig
+
+    root = Path(__file__).parents[1] / "configs" / "continual"
+    for path in sorted(root.glob("*.yaml")):
+        cfg = load_config(ContinualConfig, [str(path)])
+        assert cfg.strategies and cfg.mem_size >= 10

@@ -47,19 +47,22 @@ def test_run_fails_clearly_below_the_minimum_of_valid_summaries() -> None:
 def test_command_writes_the_run_folder(tmp_path, capsys) -> None:
     out = tmp_path / "run"
     argv = [f"{k}={v}" for k, v in TINY.items()] + [
-        "num_clients=3", "strategies=[oneshot,fedavg]", "rounds=2", "codec=float16", f"out={out}"]
+        "num_clients=3", "strategies=[oneshot,feddm,fedavg]", "rounds=2", "feddm_rounds=2", "codec=float16", f"out={out}"]
     assert main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert (out / "config.yaml").is_file() and (out / "results.md").is_file()
     assert (out / "accuracy_vs_bytes.png").stat().st_size > 1000
     s = metrics["strategies"]
-    assert set(s) == {"oneshot", "fedavg"}
+    assert set(s) == {"oneshot", "feddm", "fedavg"}
     for r in s.values():
         assert {"final_accuracy", "accuracy_per_round", "uplink_bytes", "downlink_bytes", "rounds",
                 "dropped_summaries"} <= set(r)
         assert 0.0 <= r["final_accuracy"] <= 1.0
     assert s["fedavg"]["rounds"] == 2 and len(s["fedavg"]["accuracy_per_round"]) == 3
     assert s["oneshot"]["downlink_bytes"] == 0 < s["fedavg"]["downlink_bytes"]
+    # FedDM sends the global model down each round and gets a summary back from each client
+    assert s["feddm"]["rounds"] == 2 and len(s["feddm"]["uplink_bytes_per_round"]) == 2
+    assert s["feddm"]["downlink_bytes"] > 0 and s["feddm"]["dropped_summaries"] == 0
     # a float16 summary is far smaller than two rounds of model weights
     assert s["oneshot"]["uplink_bytes"] * 5 < s["fedavg"]["uplink_bytes"]
     assert 0.0 <= metrics["centralised"]["final_accuracy"] <= 1.0

@@ -24,6 +24,7 @@ STEPS: list[str] = [
     "fedcl.quickstart:distill_step",
     "fedcl.federated.quickstart:federated_step",
     "fedcl.privacy.quickstart:privacy_step",
+    "fedcl.continual.quickstart:continual_step",
 ]
 
 # dm and dsa at ipc 10 against random real images, sized to take about a minute on 2 CPU cores

@@ -84,7 +84,9 @@ class DistilledBuffer(ExemplarsBuffer):
         shrink: how old classes shrink to a smaller share: ``subsample`` or ``redistill``.
         meta: dataset facts passed to the engine (``dataset``, ``mean``, ``std``).
         seed: base seed; experience ``i`` distills with ``seed + i``.
-        ledger: optional privacy ledger with ``record(...)``-style use (see :meth:`_record_privacy`).
+        ledger: with ``privacy``, keep a :class:`~fedcl.privacy.ledger.PrivacyLedger` per experience
+            (default True): each experience's release is recorded in its own ledger with budget
+            ``privacy.epsilon``; :meth:`stream_epsilon` is their maximum (parallel composition).
 
     Attributes:
         distill_seconds: wall seconds spent distilling each experience, in order.
@@ -93,7 +95,7 @@ class DistilledBuffer(ExemplarsBuffer):
 
     def __init__(self, max_size: int, *, method: str = "dm", distiller_kwargs: dict[str, Any] | None = None,
                  num_classes: int | None = None, privacy: PrivacyConfig | None = None, shrink: str = "subsample",
-                 meta: dict[str, Any] | None = None, seed: int = 0, ledger: Any = None) -> None:
+                 meta: dict[str, Any] | None = None, seed: int = 0, ledger: bool = True) -> None:
         super().__init__(max_size)
         if int(max_size) < 1:
             raise ConfigError(f"max_size must be at least 1, got {max_size}")
@@ -109,7 +111,8 @@ class DistilledBuffer(ExemplarsBuffer):
         self.shrink = shrink
         self.meta = dict(meta or {})
         self.seed = int(seed)
-        self.ledger = ledger
+        self.ledger = bool(ledger)
+        self.ledgers: list[Any] = []  # one PrivacyLedger per experience (disjoint data)
         self.classes: list[int] = []
         self.memory: dict[int, torch.Tensor] = {}
         self.tasks: dict[int, int] = {}
@@ -186,9 +189,17 @@ class DistilledBuffer(ExemplarsBuffer):
 
     def _record_privacy(self, spent: Any) -> None:
         self.privacy_spent.append(spent)
-        if self.ledger is not None and spent is not None:
-            # disjoint experiences: the ledger composes them in parallel (max), see module docstring
-            self.ledger.record(f"experience-{self.experiences}", spent, partition=f"experience-{self.experiences}")
+        if self.ledger and spent is not None and self.privacy is not None and self.privacy.epsilon is not None:
+            from fedcl.privacy.ledger import PrivacyLedger
+
+            # experiences hold disjoint data: each is its own owner, composed in parallel (max), not summed
+            ledger = PrivacyLedger(self.privacy.epsilon, self.privacy.delta, owner=f"experience-{self.experiences}")
+            ledger.record(spent, name=f"experience {self.experiences} memory")
+            self.ledgers.append(ledger)
+
+    def stream_epsilon(self) -> float | None:
+        """The stream's epsilon: the maximum over experiences (disjoint data, parallel composition)."""
+        return max(ledger.spent() for ledger in self.ledgers) if self.ledgers else None
 
     def _rebuild(self) -> None:
         xs = [self.memory[c] for c in self.classes]
@@ -281,7 +292,7 @@ class DistilledReplay(SupervisedTemplate):
         num_classes: classes of the whole stream.
         meta: dataset facts for the engine (``dataset``, ``mean``, ``std``).
         seed: drives the distillation.
-        ledger: optional privacy ledger.
+        ledger: keep a privacy ledger per experience (see :class:`DistilledBuffer`).
         plugins: further plugins, passed through.
         **base_kwargs: everything else ``SupervisedTemplate`` takes (train_mb_size, train_epochs,
             eval_mb_size, device, evaluator, eval_every ...).
@@ -291,7 +302,7 @@ class DistilledReplay(SupervisedTemplate):
                  mem_size: int = 200, method: str = "dm", distiller_kwargs: dict[str, Any] | None = None,
                  privacy: PrivacyConfig | None = None, shrink: str = "subsample", gdumb: bool = False,
                  gdumb_epochs: int = 300, num_classes: int | None = None, meta: dict[str, Any] | None = None,
-                 seed: int = 0, ledger: Any = None, plugins: list[SupervisedPlugin] | None = None,
+                 seed: int = 0, ledger: bool = True, plugins: list[SupervisedPlugin] | None = None,
                  **base_kwargs: Any) -> None:
         self.storage_policy = DistilledBuffer(mem_size, method=method, distiller_kwargs=distiller_kwargs,
                                               num_classes=num_classes, privacy=privacy, shrink=shrink, meta=meta,

@@ -168,7 +168,10 @@ def run_strategy(cfg: ContinualConfig, bench: Benchmark, name: str, seed: int) -
             if any(p is None for p in spent):
                 raise PrivacyError(f"strategy {name!r}: the engine reported no privacy spending, so the memory is "
                                    "not known to be DP; use an engine with a DP path")
-            out["privacy"] = {"per_experience": spent, "composition": "parallel (disjoint experiences): max epsilon"}
+            out["privacy"] = {"per_experience": spent, "epsilon_per_experience": [lg.spent() for lg in storage.ledgers],
+                              "stream_epsilon": storage.stream_epsilon(), "delta": storage.privacy.delta,
+                              "composition": "parallel: experiences hold disjoint data, so the stream's epsilon is "
+                                             "the maximum over experiences"}
     return out
 
 

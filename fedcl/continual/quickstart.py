@@ -1,0 +1,22 @@
+"""The continual step of ``fedcl quickstart``: stock vs distilled replay on split digits, small and fast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["continual_step"]
+
+
+def continual_step(out: Path, device: str) -> str:
+    """Split digits, memory 20 (2 images per class at the end): stock class-balanced replay vs distilled (dm)."""
+    from fedcl.config import load_config
+    from fedcl.continual.command import run
+    from fedcl.continual.config import ContinualConfig
+    from fedcl.continual.report import results_table
+
+    cfg = load_config(ContinualConfig, [
+        "benchmark=split_digits", "strategies=[naive,replay,distilled]", "mem_size=20", "epochs=3",
+        "model_kwargs.width=32", "distill.model_kwargs.width=32", "distill.iterations=20", f"device={device}",
+        f"out={out / 'continual'}"])
+    metrics = run(cfg, log=lambda _msg: None)
+    return "Continual learning on split digits (5 experiences of 2 classes, memory 20):\n" + results_table(metrics)

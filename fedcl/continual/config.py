@@ -22,7 +22,7 @@ class MemoryDistillConfig:
     """
 
     iterations: int = 100
-    lr_img: float = 1.0
+    lr_img: float | None = None  # None: the engine's default (dm 1.0, dsa 0.1)
     batch_real: int = 256
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     engine: dict[str, Any] = field(default_factory=dict)

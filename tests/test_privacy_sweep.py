@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from fedcl.errors import ConfigError, FedclError, PrivacyError
+from fedcl.privacy import PrivacyConfig
 from fedcl.privacy.audit import attack_metrics, empirical_epsilon
 from fedcl.privacy.sweep import SweepConfig, _validate, main
 
@@ -34,6 +35,8 @@ def test_separable_scores_give_a_large_bound():
     ({"methods": []}, ConfigError),
     ({"epsilons": [0.0]}, PrivacyError),
     ({"epsilons": [], "nodp": False}, ConfigError),
+    ({"privacy": PrivacyConfig(delta=2.0)}, PrivacyError),
+    ({"privacy": PrivacyConfig(max_grad_norm=0.0)}, PrivacyError),
 ])
 def test_bad_sweep_configs(over, err):
     with pytest.raises(err):

@@ -21,6 +21,7 @@ import torch
 
 from fedcl.config import DataConfig, EvalConfig, load_config
 from fedcl.errors import ConfigError, PrivacyError
+from fedcl.privacy.accounting import validate_privacy
 from fedcl.privacy.audit import audit_model, make_audit_data, shadow_logits, train_shadows
 from fedcl.privacy.config import PrivacyConfig
 
@@ -62,7 +63,7 @@ class SweepConfig:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
 
-def _validate(cfg: SweepConfig) -> None:
+def _validate(cfg: SweepConfig, num_examples: int | None = None) -> None:
     from fedcl.distill import list_distillers
 
     if not cfg.methods:
@@ -76,6 +77,8 @@ def _validate(cfg: SweepConfig) -> None:
         raise ConfigError("set epsilons=[...] for the sweep, not privacy.epsilon/privacy.noise_multiplier")
     if not cfg.epsilons and not cfg.nodp:
         raise ConfigError("nothing to run: epsilons is empty and nodp=false")
+    for eps in cfg.epsilons:  # the privacy block, checked before any work
+        validate_privacy(_privacy(cfg, eps), num_examples)
 
 
 def _privacy(cfg: SweepConfig, eps: float | None) -> PrivacyConfig | None:
@@ -147,6 +150,7 @@ def run_sweep(cfg: SweepConfig, folder: Path, log: Any = print) -> dict[str, Any
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     data = load_dataset(cfg.dataset, cfg.data.root, download=cfg.data.download)
+    _validate(cfg, len(data.train_labels))  # delta < 1/N needs N
     dev = resolve_device(cfg.device)
     t_start = time.perf_counter()
     rows: list[dict[str, Any]] = []

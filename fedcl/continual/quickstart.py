@@ -15,8 +15,8 @@ def continual_step(out: Path, device: str) -> str:
     from fedcl.continual.report import results_table
 
     cfg = load_config(ContinualConfig, [
-        "benchmark=split_digits", "strategies=[naive,replay,distilled]", "mem_size=20", "epochs=3",
-        "model_kwargs.width=32", "distill.model_kwargs.width=32", "distill.iterations=20", f"device={device}",
+        "benchmark=split_digits", "strategies=[naive,replay,distilled]", "mem_size=20", "epochs=5",
+        "distill.iterations=20", f"device={device}",
         f"out={out / 'continual'}"])
     metrics = run(cfg, log=lambda _msg: None)
     return "Continual learning on split digits (5 experiences of 2 classes, memory 20):\n" + results_table(metrics)

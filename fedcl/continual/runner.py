@@ -149,8 +149,9 @@ def run_strategy(cfg: ContinualConfig, bench: Benchmark, name: str, seed: int) -
     for exp in train_stream:
         before = sum(storage.distill_seconds) if storage is not None else 0.0
         t0 = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # stock ReplayPlugin calls the deprecated update()
+        # stock ReplayPlugin calls the deprecated ExemplarsBuffer.update(), whose decorator resets the warning
+        # filters; recording (and dropping) the warnings keeps logs quiet
+        with warnings.catch_warnings(record=True):
             strategy.train(exp, num_workers=0)
         spent = (sum(storage.distill_seconds) - before) if storage is not None else 0.0
         train_s.append(time.perf_counter() - t0 - spent)

@@ -14,6 +14,7 @@ import torch
 
 from fedcl.distill.augment import DSA, default_strategy
 from fedcl.distill.base import Callback, ClassData, Distiller, register_distiller
+from fedcl.models.fast import embed_no_grad, resolve_precision
 from fedcl.privacy.config import PrivacyConfig
 from fedcl.utils import progress
 
@@ -41,13 +42,18 @@ class DistributionMatching(Distiller):
         momentum: SGD momentum of the synthetic images (0.5).
         dsa: apply the same DSA transformation to real and synthetic images.
         dsa_strategy: DSA operations; None picks the dataset's reference strategy.
+        precision: compute dtype of the matching networks: ``fp32`` (default), ``bf16``, or
+            ``auto`` (bf16 on CUDA and AMX CPUs; see :func:`fedcl.models.fast.resolve_precision`).
+        fast_embed: embed the real batch with :func:`fedcl.models.fast.embed_no_grad` (same
+            function, far less memory traffic on CPU); False uses ``net.embed``.
         **kwargs: see :class:`Distiller` (model, init, device, seed, progress ...).
     """
 
     supports_privacy = True
 
     def __init__(self, *, iterations: int = 1000, batch_real: int = 256, lr_img: float = 1.0, momentum: float = 0.5,
-                 dsa: bool = True, dsa_strategy: str | None = None, **kwargs: Any) -> None:
+                 dsa: bool = True, dsa_strategy: str | None = None, precision: str = "fp32",
+                 fast_embed: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.iterations = int(iterations)
         self.batch_real = int(batch_real)
@@ -55,6 +61,9 @@ class DistributionMatching(Distiller):
         self.momentum = float(momentum)
         self.dsa = dsa
         self.dsa_strategy = dsa_strategy
+        self.dtype = resolve_precision(precision, self.device)  # validates the name early
+        self.precision = precision
+        self.fast_embed = bool(fast_embed)
 
     def _distill(self, real: ClassData, syn: torch.Tensor, syn_labels: torch.Tensor, classes: list[int],
                  gen: torch.Generator, privacy: PrivacyConfig | None, callback: Callback | None) -> torch.Tensor:
@@ -81,9 +90,13 @@ class DistributionMatching(Distiller):
             xr, yr = real.sample(self.batch_real, gen, classes)
             real_group = group[yr.cpu()] if aug else None
             with torch.no_grad():
-                target = class_means(net.embed(aug(xr, params, real_group) if aug else xr), yr, classes)
+                xr = aug(xr, params, real_group) if aug else xr
+                emb = embed_no_grad(net, xr, precision=self.dtype) if self.fast_embed else net.embed(xr)
+                target = class_means(emb.float(), yr, classes)
             xs = aug(syn, params, syn_group) if aug else syn
-            loss = ((class_means(net.embed(xs), syn_labels, classes) - target) ** 2).sum()
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+                emb_syn = net.embed(xs)
+            loss = ((class_means(emb_syn.float(), syn_labels, classes) - target) ** 2).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -1,0 +1,214 @@
+"""Issue 2's distillation benchmark: accuracy tables, seconds per iteration, accuracy-vs-time curve.
+
+Parts run separately and merge into one results file (``experiments/results/distill.{json,md}``)::
+
+    python experiments/bench_distill.py --part speed
+    python experiments/bench_distill.py --part digits
+    python experiments/bench_distill.py --part mnist --iterations dm=2000,dsa=200,gm=200
+    python experiments/bench_distill.py --part curve --budget 1200
+
+Every figure is measured when the part runs; nothing is copied from elsewhere. Timings on a
+shared CPU are noisy: the speed part times engines back to back in one process and
+reports median and minimum over iterations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedcl import load_dataset
+from fedcl.distill import create_distiller
+from fedcl.distill.synthetic import SyntheticSet
+from fedcl.evaluate import evaluate_synthetic
+from fedcl.models.fast import resolve_precision
+
+RESULTS = Path(__file__).parent / "results"
+METHODS_MNIST = ("dsa", "dm", "gm", "herding", "kcenter", "random")
+
+
+def environment() -> dict[str, Any]:
+    """Device, CPU model, threads, load and package versions, for the results file."""
+    cpu = platform.processor() or ""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import numpy
+    import torchvision
+
+    import fedcl
+
+    return {"device": "cuda" if torch.cuda.is_available() else "cpu", "cpu": cpu, "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "load_avg_1m": os.getloadavg()[0],
+            "amx": resolve_precision("auto", torch.device("cpu")) == torch.bfloat16,
+            "torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": numpy.__version__,
+            "fedcl": fedcl.__version__, "python": platform.python_version()}
+
+
+def distill(method: str, data: Any, ipc: int, iterations: int, seed: int = 0, callback: Any = None,
+            **cfg: Any) -> tuple[SyntheticSet, dict[str, float]]:
+    """Run one engine; returns the set and its timing stats."""
+    opts: dict[str, Any] = {"device": "cpu", "seed": seed, "progress": False, **cfg}
+    if method in ("dm", "dsa", "gm"):
+        opts["iterations"] = iterations
+    eng = create_distiller(method, **opts)
+    syn = eng.distill(data.train_images, data.train_labels, ipc, num_classes=data.num_classes,
+                      meta={"dataset": data.name}, callback=callback)
+    return syn, dict(eng.stats)
+
+
+def evaluate(syn: SyntheticSet, data: Any, n_models: int, epochs: int) -> dict[str, float]:
+    """Mean/std test accuracy (fractions) of ``n_models`` fresh ConvNets trained on ``syn``."""
+    res = evaluate_synthetic(syn, data, n_models=n_models, epochs=epochs, device="cpu")
+    return {"mean": res.mean, "std": res.std, "n_models": len(res.accuracies), "epochs": epochs}
+
+
+def accuracy_table(data: Any, methods: tuple[str, ...], ipcs: tuple[int, ...], iters: dict[str, int],
+                   n_models: int, epochs: int, batch_real: int) -> list[dict[str, Any]]:
+    """Distill and evaluate every (method, ipc); prints rows as they come."""
+    rows = []
+    for ipc in ipcs:
+        for method in methods:
+            cfg = {"batch_real": batch_real} if method in ("dm", "dsa", "gm") else {}
+            syn, stats = distill(method, data, ipc, iters.get(method, 0), **cfg)
+            acc = evaluate(syn, data, n_models, epochs)
+            row = {"dataset": data.name, "method": method, "ipc": ipc, "iterations": iters.get(method, 0)
+                   if method in ("dm", "dsa", "gm") else 0, "batch_real": cfg.get("batch_real"),
+                   "distill_seconds": stats.get("distill_seconds"), "acc": acc}
+            print(f"{data.name:7s} {method:8s} ipc {ipc:3d} it {row['iterations']:5d} "
+                  f"acc {100 * acc['mean']:.2f} ± {100 * acc['std']:.2f}  ({stats.get('distill_seconds', 0):.0f} s)",
+                  flush=True)
+            rows.append(row)
+    return rows
+
+
+def part_speed(args: argparse.Namespace) -> dict[str, Any]:
+    """Seconds per iteration of each engine on MNIST ipc 10, engines timed back to back."""
+    data = load_dataset("mnist", args.root)
+    variants: list[tuple[str, str, dict[str, Any]]] = [
+        ("dm", "dm (fast fp32, default)", {}),
+        ("dm", "dm (before: net.embed fp32)", {"fast_embed": False}),
+        ("dm", "dm (fast bf16)", {"precision": "bf16"}),
+        ("dsa", "dsa", {}),
+        ("gm", "gm", {}),
+    ]
+    iters = {"dm": args.speed_iters, "dsa": 2, "gm": 2}
+    times: dict[str, list[tuple[float, float]]] = {label: [] for _, label, _ in variants}
+    for _ in range(args.rounds):  # rounds interleave the variants so contention hits all alike
+        for method, label, cfg in variants:
+            stamps: list[tuple[float, float]] = []
+            t0 = [(time.perf_counter(), time.process_time())]
+
+            def cb(it: int, _syn: SyntheticSet, stamps: list = stamps, t0: list = t0) -> None:
+                stamps.append((time.perf_counter() - t0[0][0], time.process_time() - t0[0][1]))
+                t0[0] = (time.perf_counter(), time.process_time())
+
+            distill(method, data, 10, iters[method], callback=cb, batch_real=256, **cfg)
+            times[label] += stamps[1:] if len(stamps) > 1 else stamps  # first dm iteration warms up
+            print(f"{label:30s} {statistics.median(w for w, _ in times[label]):.3f} s/it wall, "
+                  f"{statistics.median(c for _, c in times[label]):.3f} CPU-s/it so far", flush=True)
+    rows = [{"engine": label, "median_s": statistics.median(w for w, _ in v), "min_s": min(w for w, _ in v),
+             "cpu_median_s": statistics.median(c for _, c in v), "n": len(v)} for label, v in times.items()]
+    return {"rows": rows, "batch_real": 256, "ipc": 10, "env": environment()}
+
+
+def part_digits(args: argparse.Namespace) -> dict[str, Any]:
+    data = load_dataset("digits")
+    iters = {"dm": args.digits_dm_iters, "dsa": args.digits_dsa_iters}
+    rows = accuracy_table(data, ("dm", "dsa", "random"), (1, 10), iters, 5, args.epochs, 256)
+    return {"rows": rows, "env": environment()}
+
+
+def part_mnist(args: argparse.Namespace) -> dict[str, Any]:
+    data = load_dataset("mnist", args.root)
+    iters = dict(kv.split("=") for kv in args.iterations.split(","))
+    iters = {k: int(v) for k, v in iters.items()}
+    methods = tuple(m for m in args.methods.split(",") if m)
+    rows = accuracy_table(data, methods, tuple(int(i) for i in args.ipcs.split(",")), iters, args.models,
+                          args.epochs, args.batch_real)
+    return {"rows": rows, "env": environment()}
+
+
+def part_curve(args: argparse.Namespace) -> dict[str, Any]:
+    """dm on MNIST ipc 10: accuracy of a cheap evaluation every K iterations against distill time."""
+    data = load_dataset("mnist", args.root)
+    points: list[dict[str, float]] = []
+    clock = {"distill": 0.0, "t0": time.perf_counter()}
+
+    def cb(it: int, syn: SyntheticSet) -> None:
+        clock["distill"] += time.perf_counter() - clock["t0"]
+        if it % args.every == 0 or it == args.curve_iters:
+            acc = evaluate(syn, data, args.curve_models, args.curve_epochs)
+            points.append({"iteration": it, "seconds": clock["distill"], "acc": acc["mean"], "std": acc["std"]})
+            print(f"curve it {it:5d} {clock['distill']:7.1f} s acc {100 * acc['mean']:.2f}", flush=True)
+            _save("curve", {"points": points, "partial": True, "env": environment()})
+        clock["t0"] = time.perf_counter()  # evaluation time is excluded
+
+    syn0, _ = distill("random", data, 10, 0)
+    acc0 = evaluate(syn0, data, args.curve_models, args.curve_epochs)
+    points.append({"iteration": 0, "seconds": 0.0, "acc": acc0["mean"], "std": acc0["std"]})
+    clock["t0"] = time.perf_counter()
+    syn, _ = distill("dm", data, 10, args.curve_iters, callback=cb, batch_real=args.batch_real)
+    final = evaluate(syn, data, 5, args.epochs)
+    return {"points": points, "final": final, "iterations": args.curve_iters, "batch_real": args.batch_real,
+            "eval": f"{args.curve_models} models x {args.curve_epochs} epochs", "env": environment()}
+
+
+def _save(part: str, result: dict[str, Any]) -> None:
+    """Merge ``result`` into distill.json and rewrite distill.md (and the curve plot)."""
+    from distill_report import write_report  # the sibling module (experiments/ is on sys.path)
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "distill.json"
+    allres = json.loads(path.read_text()) if path.exists() else {}
+    if part in ("digits", "mnist") and part in allres:
+        # parts may run as several processes (e.g. one per method): keep other rows, replace same ones
+        new = {(r["method"], r["ipc"]) for r in result["rows"]}
+        result["rows"] = [r for r in allres[part]["rows"] if (r["method"], r["ipc"]) not in new] + result["rows"]
+        result["commands"] = sorted(set(allres[part].get("commands", [])) | {result.get("command", "")})
+    allres[part] = result
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(allres, indent=1))
+    tmp.replace(path)
+    write_report(allres, RESULTS)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--part", choices=("speed", "digits", "mnist", "curve"), required=True)
+    p.add_argument("--root", default="/work/shared/data")
+    p.add_argument("--epochs", type=int, default=300, help="evaluation epochs")
+    p.add_argument("--models", type=int, default=5, help="evaluation models (mnist)")
+    p.add_argument("--batch-real", type=int, default=256)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--speed-iters", type=int, default=4)
+    p.add_argument("--digits-dm-iters", type=int, default=1000)
+    p.add_argument("--digits-dsa-iters", type=int, default=200)
+    p.add_argument("--methods", default=",".join(METHODS_MNIST))
+    p.add_argument("--ipcs", default="1,10")
+    p.add_argument("--iterations", default="dm=1000,dsa=100,gm=100")
+    p.add_argument("--curve-iters", type=int, default=1000)
+    p.add_argument("--every", type=int, default=100)
+    p.add_argument("--curve-models", type=int, default=2)
+    p.add_argument("--curve-epochs", type=int, default=150)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = {"speed": part_speed, "digits": part_digits, "mnist": part_mnist, "curve": part_curve}[args.part](args)
+    result["command"] = "python experiments/bench_distill.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    _save(args.part, result)
+
+
+if __name__ == "__main__":
+    main()

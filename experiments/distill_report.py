@@ -1,0 +1,113 @@
+"""Renders ``experiments/results/distill.json`` (written by bench_distill.py) as distill.md, csv and png."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+PUBLISHED = "published, full MNIST (REFERENCES.md): DC 91.7 / 97.4, DSA 88.7 / 97.8, random 64.9 / 95.1 at ipc 1 / 10"
+
+
+def _pct(acc: dict[str, float]) -> str:
+    return f"{100 * acc['mean']:.2f} ± {100 * acc['std']:.2f}"
+
+
+def _env(env: dict[str, Any]) -> str:
+    return (f"device {env['device']}, CPU {env['cpu']} ({env['cpu_count']} cores, torch threads "
+            f"{env['torch_threads']}, AMX {'yes' if env['amx'] else 'no'}), 1-min load average when written "
+            f"{env['load_avg_1m']:.1f} (the CPU is shared with other jobs); torch {env['torch']}, torchvision "
+            f"{env['torchvision']}, numpy {env['numpy']}, python {env['python']}, fedcl {env['fedcl']}")
+
+
+def _table(rows: list[dict[str, Any]], targets: dict[int, float] | None, baseline: str = "random") -> list[str]:
+    out = ["| method | ipc | iterations | real/class/it | distill s | test accuracy % (mean ± std) | vs random |",
+           "|---|---|---|---|---|---|---|"]
+    base = {r["ipc"]: r["acc"]["mean"] for r in rows if r["method"] == baseline}
+    for r in sorted(rows, key=lambda r: (r["ipc"], r["method"])):
+        gap = 100 * (r["acc"]["mean"] - base[r["ipc"]]) if r["ipc"] in base and r["method"] != baseline else None
+        secs = f"{r['distill_seconds']:.0f}" if r.get("distill_seconds") else "-"
+        out.append(f"| {r['method']} | {r['ipc']} | {r['iterations'] or '-'} | {r.get('batch_real') or '-'} | {secs} | "
+                   f"{_pct(r['acc'])} | {'' if gap is None else f'{gap:+.2f}'} |")
+    return out
+
+
+def _plot(points: list[dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([p["seconds"] / 60 for p in points], [100 * p["acc"] for p in points], marker="o")
+    ax.axhline(97, color="grey", ls="--", lw=1, label="97% target")
+    ax.axvline(20, color="red", ls=":", lw=1, label="20 min")
+    ax.set_xlabel("distillation time (min, evaluation excluded)")
+    ax.set_ylabel("test accuracy % (cheap evaluation)")
+    ax.set_title("dm, MNIST-6k, ipc 10, 2-core shared CPU")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(res: dict[str, Any], out: Path) -> None:
+    """Write distill.md (+ distill_*.csv, distill_curve.png) from the merged results."""
+    md = ["# Distillation benchmark (issue 2)", "",
+          "Written by `experiments/bench_distill.py` (`--part digits|mnist|speed|curve`); every figure is "
+          "measured by that script on the machine named under each part. MNIST-6k = the first 6,000 MNIST "
+          "training images, tested on the official 10,000 test images. Accuracies are test accuracy of fresh "
+          "ConvNets trained on the synthetic set (SGD, DSA augmentation, lr/10 at half the epochs).", ""]
+    if "speed" in res:
+        s = res["speed"]
+        md += ["## Seconds per iteration, MNIST-6k ipc 10, 256 real images per class per iteration", "",
+               _env(s["env"]), "", f"Command: `{s.get('command', '')}`. Engines run back to back in one process, "
+               "interleaved over rounds; per-iteration wall time from the callback (first iteration of each run "
+               "dropped). gm/dsa: one iteration = outer loop 10 x 10 classes + inner training (50 steps).", "",
+               "CPU-s/it is the process CPU time per iteration (all threads): on an idle 2-core machine the "
+               "wall time would be about CPU-s/it / 2 or more; under contention the wall time is far higher.", "",
+               "| engine | median wall s/it | min wall s/it | median CPU-s/it | iterations timed |",
+               "|---|---|---|---|---|"]
+        md += [f"| {r['engine']} | {r['median_s']:.2f} | {r['min_s']:.2f} | {r.get('cpu_median_s', float('nan')):.2f} "
+               f"| {r['n']} |" for r in s["rows"]]
+        md += ["", "Target: dm with DSA <= 1.5 s/it on a 2-core CPU.", ""]
+    for part, title, targets in (("digits", "digits (8x8, bundled), ConvNet depth 2, 5 evaluation models", None),
+                                 ("mnist", "MNIST-6k, ConvNet", None)):
+        if part not in res:
+            continue
+        r = res[part]
+        md += [f"## {title}", "", _env(r["env"]), "", "Commands: " + ", ".join(
+            f"`{c}`" for c in r.get("commands", [r.get("command", "")])), ""]
+        md += _table(r["rows"], targets)
+        md += ["", "Targets: " + ("dm/dsa >= random + 15 points at ipc 1, >= random + 3 points at ipc 10."
+                                  if part == "digits" else "dsa and dm >= 88% at ipc 1 and >= 97% at ipc 10; "
+                                  + PUBLISHED + "."), ""]
+        with open(out / f"distill_{part}.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["dataset", "method", "ipc", "iterations", "batch_real", "distill_seconds", "acc_mean",
+                        "acc_std", "n_models", "eval_epochs"])
+            for row in r["rows"]:
+                w.writerow([row["dataset"], row["method"], row["ipc"], row["iterations"], row.get("batch_real"),
+                            row.get("distill_seconds"), row["acc"]["mean"], row["acc"]["std"],
+                            row["acc"]["n_models"], row["acc"]["epochs"]])
+    if "curve" in res:
+        c = res["curve"]
+        md += ["## Accuracy against distillation time: dm, MNIST-6k, ipc 10", "", _env(c["env"]), "",
+               f"Command: `{c.get('command', '(running)')}`. Evaluation every K iterations with "
+               f"{c.get('eval', 'a cheap evaluation')}, excluded from the time. Plot: `distill_curve.png`.", "",
+               "| iteration | distill minutes | accuracy % |", "|---|---|---|"]
+        md += [f"| {p['iteration']} | {p['seconds'] / 60:.1f} | {100 * p['acc']:.2f} ± {100 * p['std']:.2f} |"
+               for p in c["points"]]
+        hit = next((p for p in c["points"] if p["acc"] >= 0.97), None)
+        md += ["", ("First point at >= 97%: " + f"iteration {hit['iteration']}, {hit['seconds'] / 60:.1f} min."
+                    if hit else "97% not reached in this run (cheap evaluation).")]
+        if "final" in c:
+            md += [f"Final set, full evaluation (5 models x {c['final']['epochs']} epochs): {_pct(c['final'])}."]
+        md += [""]
+        _plot(c["points"], out / "distill_curve.png")
+        with open(out / "distill_curve.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["iteration", "seconds", "acc_mean", "acc_std"])
+            for p in c["points"]:
+                w.writerow([p["iteration"], p["seconds"], p["acc"], p["std"]])
+    (out / "distill.md").write_text("\n".join(md) + "\n")

@@ -64,11 +64,17 @@ def main() -> int:
              "Published figures for reference (full MNIST, not comparable settings): Opacus DP-SGD 94.6% at ε = 1.19; "
              "DP distribution matching (NDPDC) 93.1% at ipc 10, ε = 1.", ""]
     for name, title in (("privacy_mnist", "MNIST-6k (6,000 training images, official 10k test set)"),
-                        ("privacy_digits", "digits (bundled sklearn 8x8), the default sweep")):
+                        ("privacy_digits", "digits (bundled sklearn 8x8)")):
         m = _load(name)
         lines += [f"## {title}", ""]
         if m is None:
-            lines += [f"Not available: `experiments/results/{name}/metrics.json` was not produced.", ""]
+            lines += [f"Not available: `experiments/results/{name}/metrics.json` was not produced (yet)."]
+            log = RESULTS / f"{name}.log"
+            done = [ln for ln in log.read_text().splitlines() if " eps=" in ln] if log.is_file() else []
+            if done:
+                lines += ["Rows completed so far, from the run's log (accuracy is a fraction; one seed):", "",
+                          "```", *done, "```"]
+            lines.append("")
             continue
         cfg = m["config"]
         lines += [f"Run folder: `experiments/results/{name}/` (config.yaml has every setting). ipc {cfg['ipc']}, "

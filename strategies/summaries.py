@@ -78,6 +78,7 @@ class SummaryStrategy(Strategy):
         self.summaries: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.client_metrics: dict[int, list[dict[str, object]]] = {}
         self._arrays = ArrayRecord()
+        self._asked: set[int] = set()
 
     def summary(self) -> None:
         """Log the strategy's configuration."""
@@ -93,6 +94,7 @@ class SummaryStrategy(Strategy):
         num_nodes = int(len(list(grid.get_node_ids())) * self.fraction_train)
         node_ids, _ = sample_nodes(grid, self.min_available_nodes, max(num_nodes, self.min_train_nodes))
         log(INFO, "configure_train: asking %d nodes for a summary", len(node_ids))
+        self._asked = {int(n) for n in node_ids}
         config = ConfigRecord({**dict(config), "server-round": server_round, "task": "summary", "codec": self.codec})
         content = {"config": config}
         if self.send_model:
@@ -108,6 +110,10 @@ class SummaryStrategy(Strategy):
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Validate each summary, drop the bad ones, train the global model on the union."""
         fresh: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        replies = list(replies)
+        # a node that never answers (dead, or slower than the round timeout) is a dropped summary too
+        for node in sorted(self._asked - {int(m.metadata.src_node_id) for m in replies}):
+            self._drop(server_round, node, "no reply within the round timeout")
         for msg in replies:
             node = int(msg.metadata.src_node_id)
             if msg.has_error():

@@ -34,6 +34,8 @@ class FederatedConfig:
 
     ``rounds`` applies to ``fedavg``; ``feddm_rounds`` to ``feddm``; ``oneshot`` is one round.
     ``privacy.epsilon`` makes each client's summary DP at that epsilon (per client, all rounds).
+    ``round_timeout`` (seconds) bounds a round: a summary round is a whole distillation per
+    client, so it is generous; a client still busy at the timeout counts as a dropped summary.
     """
 
     dataset: str = "digits"
@@ -56,6 +58,7 @@ class FederatedConfig:
     centralised: bool = True
     central_epochs: int = 50
     min_summaries: int = 1
+    round_timeout: float = 3600.0
     seed: int = 0
     device: str = "cpu"
     threads: int = 1
@@ -82,6 +85,8 @@ def _validate(cfg: FederatedConfig) -> None:
         raise ConfigError(f"unknown codec {cfg.codec!r}; valid: {', '.join(CODECS.names())}")
     if cfg.method not in list_distillers():
         raise ConfigError(f"unknown method {cfg.method!r}; valid: {', '.join(list_distillers())}")
+    if not cfg.round_timeout > 0:
+        raise ConfigError(f"round_timeout must be > 0 seconds, got {cfg.round_timeout}")
     for key in ("num_clients", "rounds", "feddm_rounds", "ipc", "iterations", "min_summaries", "threads"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be at least 1, got {getattr(cfg, key)}")
@@ -100,7 +105,8 @@ def run_config(cfg: FederatedConfig, strategy: str) -> dict[str, Any]:
     """The kebab-case run config the ServerApp of ``strategy`` gets (and sends on to clients)."""
     return {
         "strategy": strategy, "num-rounds": cfg.feddm_rounds if strategy == "feddm" else cfg.rounds,
-        "min-nodes": cfg.num_clients, "min-summaries": cfg.min_summaries, "dataset": cfg.dataset,
+        "min-nodes": cfg.num_clients, "min-summaries": cfg.min_summaries,
+        "round-timeout": float(cfg.round_timeout), "dataset": cfg.dataset,
         "data-root": cfg.data.root or "", "partition": cfg.partition, "alpha": float(cfg.alpha),
         "classes-per-client": cfg.classes_per_client, "seed": cfg.seed, "method": cfg.method, "ipc": cfg.ipc,
         "iterations": cfg.iterations, "codec": cfg.codec, "model": cfg.model, "width": cfg.width,

@@ -30,7 +30,7 @@ from strategies.summaries import FedDMSummaries, OneShotSummaries
 __all__ = ["STRATEGIES", "SERVER_DEFAULTS", "app", "make_server_app", "run_server"]
 
 SERVER_DEFAULTS: dict[str, Any] = {"strategy": "oneshot", "num-rounds": 1, "min-nodes": 2, "min-summaries": 1,
-                                   "round-timeout": 600.0, "result-file": "", "max-summary-images": 0}
+                                   "round-timeout": 3600.0, "result-file": "", "max-summary-images": 0}
 
 #: name -> ``build(settings, cfg, spec, train_fn) -> (strategy, num_rounds, task)``
 STRATEGIES: Registry[tuple[Strategy, int, str]] = Registry("federated strategy")

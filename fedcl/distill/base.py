@@ -173,6 +173,11 @@ class Distiller(ABC):
         if privacy is not None and privacy.enabled and not self.supports_privacy:
             raise ConfigError(f"method {self.name!r} cannot be made differentially private: it selects real images; "
                               f"use a matching engine (gm, dsa, dm) with privacy")
+        if privacy is not None and privacy.enabled:
+            # validate and calibrate from public facts (class sizes) before any image is read
+            from fedcl.privacy.engines import plan_release
+
+            plan_release(self, [int(counts[c]) for c in present], ipc, privacy)
         gen = torch.Generator().manual_seed(self.seed)
         torch.manual_seed(self.seed)
         real = ClassData(images, labels, num_classes, self.device)

@@ -157,7 +157,6 @@ class DistilledBuffer(ExemplarsBuffer):
         t0 = time.perf_counter()
         syn = distiller.distill(x.float(), y, min(ipc, smallest), num_classes=num_classes, privacy=self.privacy,
                                 meta=self.meta)
-        self.distill_seconds.append(time.perf_counter() - t0)
         self._record_privacy(syn.meta.get("privacy"))
         for c in new:
             self.memory[c] = syn.images[syn.labels == c].to(x.dtype)
@@ -165,6 +164,7 @@ class DistilledBuffer(ExemplarsBuffer):
         self.classes = seen
         self.experiences += 1
         self._apply_shares(shares)
+        self.distill_seconds.append(time.perf_counter() - t0)  # includes re-distilling old classes (shrink)
 
     def _check_size(self, n_classes: int) -> None:
         if self.max_size < n_classes:
@@ -246,33 +246,49 @@ class DistilledBuffer(ExemplarsBuffer):
 class DistilledGDumbPlugin(SupervisedPlugin):
     """GDumb-style: after each experience, a fresh copy of the initial model is trained on the memory alone.
 
+    The experience is distilled into the memory before training (its raw data is read only by the
+    distiller), the strategy's own training loop then runs on the memory, and after the experience
+    a fresh copy of the initial model is trained on the memory by the DC/DSA/DM evaluation protocol
+    (SGD, lr/10 at half the epochs, DSA augmentation): how synthetic sets are meant to be used.
+
     Args:
         storage_policy: the :class:`DistilledBuffer` to update and train on.
         epochs: epochs of training on the memory (a tiny set: hundreds of epochs are cheap).
         lr: SGD learning rate (momentum 0.9, weight decay 5e-4, x0.1 at half the epochs).
         batch_size: minibatch size on the memory.
+        dsa: DSA augmentation of every minibatch (the dataset's reference strategy, from the buffer's meta).
     """
 
     def __init__(self, storage_policy: DistilledBuffer, *, epochs: int = 300, lr: float = 0.01,
-                 batch_size: int = 256) -> None:
+                 batch_size: int = 256, dsa: bool = True) -> None:
         super().__init__()
         self.storage_policy = storage_policy
-        self.epochs, self.lr, self.batch_size = int(epochs), float(lr), int(batch_size)
+        self.epochs, self.lr, self.batch_size, self.dsa = int(epochs), float(lr), int(batch_size), bool(dsa)
         self.init_model: torch.nn.Module | None = None
 
     def before_training(self, strategy: SupervisedTemplate, **kwargs: Any) -> None:
         if self.init_model is None:
             self.init_model = copy.deepcopy(strategy.model).cpu()
 
+    def after_train_dataset_adaptation(self, strategy: SupervisedTemplate, **kwargs: Any) -> None:
+        # distill first, then let the strategy's loop see the memory only (as stock GDumb does): training on the
+        # whole experience would be discarded by after_training_exp anyway
+        self.storage_policy.post_adapt(strategy, strategy.experience)
+        strategy.adapted_dataset = self.storage_policy.buffer
+
     def after_training_exp(self, strategy: SupervisedTemplate, **kwargs: Any) -> None:
+        from fedcl.distill.augment import DSA, default_strategy
         from fedcl.train import train_model
 
-        self.storage_policy.post_adapt(strategy, strategy.experience)
         x, y = self.storage_policy.tensors()
         model = copy.deepcopy(self.init_model).to(strategy.device)
         gen = torch.Generator().manual_seed(self.storage_policy.seed + self.storage_policy.experiences)
+        augment = None
+        if self.dsa:
+            aug = DSA(default_strategy(self.storage_policy.meta.get("dataset", "")))
+            augment = lambda xb: aug.random(xb, gen)  # noqa: E731
         strategy.model = train_model(model, x, y, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
-                                     generator=gen, device=strategy.device)
+                                     augment=augment, generator=gen, device=strategy.device)
 
 
 class DistilledReplay(SupervisedTemplate):
@@ -289,6 +305,8 @@ class DistilledReplay(SupervisedTemplate):
         shrink: ``subsample`` or ``redistill`` (see the module docstring).
         gdumb: train a fresh model on the memory alone after each experience instead of replaying.
         gdumb_epochs: epochs of that training.
+        gdumb_lr: its SGD learning rate.
+        gdumb_dsa: DSA augmentation during that training.
         num_classes: classes of the whole stream.
         meta: dataset facts for the engine (``dataset``, ``mean``, ``std``).
         seed: drives the distillation.
@@ -301,7 +319,8 @@ class DistilledReplay(SupervisedTemplate):
     def __init__(self, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, criterion: Any,
                  mem_size: int = 200, method: str = "dm", distiller_kwargs: dict[str, Any] | None = None,
                  privacy: PrivacyConfig | None = None, shrink: str = "subsample", gdumb: bool = False,
-                 gdumb_epochs: int = 300, num_classes: int | None = None, meta: dict[str, Any] | None = None,
+                 gdumb_epochs: int = 300, gdumb_lr: float = 0.01,
+                 gdumb_dsa: bool = True, num_classes: int | None = None, meta: dict[str, Any] | None = None,
                  seed: int = 0, ledger: bool = True, plugins: list[SupervisedPlugin] | None = None,
                  **base_kwargs: Any) -> None:
         self.storage_policy = DistilledBuffer(mem_size, method=method, distiller_kwargs=distiller_kwargs,
@@ -309,7 +328,7 @@ class DistilledReplay(SupervisedTemplate):
                                               seed=seed, ledger=ledger)
         plugin: SupervisedPlugin
         if gdumb:
-            plugin = DistilledGDumbPlugin(self.storage_policy, epochs=gdumb_epochs)
+            plugin = DistilledGDumbPlugin(self.storage_policy, epochs=gdumb_epochs, lr=gdumb_lr, dsa=gdumb_dsa)
         else:
             plugin = ReplayPlugin(mem_size=mem_size, storage_policy=self.storage_policy)
         plugins = [*(plugins or []), plugin]

@@ -12,7 +12,7 @@ from fedcl.continual.command import main
 from fedcl.errors import ConfigError, DataError
 
 TINY = ["epochs=1", "n_experiences=2", "distill.iterations=2", "distill.batch_real=16", "distill.model_kwargs.width=8",
-        "distill.engine.dsa=false", "device=cpu"]
+        "distill.engine.dsa=false", "distill.gdumb_epochs=20", "device=cpu"]
 
 
 def test_command_writes_run_folder(tmp_path, capsys):

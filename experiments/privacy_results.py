@@ -22,8 +22,23 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _load(name: str) -> dict | None:
+    """The run folder ``name``'s metrics, with the summaries of its parts (``name_*`` folders) merged in.
+
+    A study may be split into parallel runs (e.g. ``privacy_mnist`` for dm and
+    ``privacy_mnist_dpsgd`` for the baseline); each part keeps its own config.yaml.
+    """
     p = RESULTS / name / "metrics.json"
-    return json.loads(p.read_text()) if p.is_file() else None
+    if not p.is_file():
+        return None
+    m = json.loads(p.read_text())
+    m["parts"] = [name]
+    for part in sorted(RESULTS.glob(f"{name}_*/metrics.json")):
+        extra = json.loads(part.read_text())
+        m["summary"] = m["summary"] + extra["summary"]
+        m["parts"].append(part.parent.name)
+        m["part_minutes"] = {**m.get("part_minutes", {name: m["total_seconds"] / 60}),
+                             part.parent.name: extra["total_seconds"] / 60}
+    return m
 
 
 def _get(summ: list[dict], method: str, eps: float | None) -> dict | None:
@@ -79,14 +94,29 @@ def main() -> int:
         cfg = m["config"]
         lines += [f"Run folder: `experiments/results/{name}/` (config.yaml has every setting). ipc {cfg['ipc']}, "
                   f"ConvNet width {cfg['width']}, δ = {cfg['privacy']['delta']:g}, max_grad_norm "
-                  f"{cfg['privacy']['max_grad_norm']}, seeds {cfg['seeds']}, dm iterations {cfg['iterations']}, "
+                  f"{cfg['privacy']['max_grad_norm']}, seeds {cfg['seeds']}, dm iterations {cfg['iterations']} "
+                  f"(batch_real {cfg['batch_real']}; DP: {cfg['privacy'].get('replay', 0)} replay passes, "
+                  f"normalize {cfg['privacy'].get('normalize', False)}, center {cfg['privacy'].get('center', False)}), "
                   f"evaluation: {cfg['eval']['models']} models x {cfg['eval']['epochs']} epochs. "
                   f"Total wall time {m['total_seconds'] / 60:.1f} min.", "",
+                  *(["Run in parallel parts (same settings unless their config.yaml says otherwise): "
+                     + ", ".join(f"`{k}/` ({v:.1f} min wall)" for k, v in m["part_minutes"].items()), ""]
+                    if len(m["parts"]) > 1 else []),
                   "± is the std over seeds, or over evaluation models when there is one seed.", "",
                   audit_table(m["summary"]), f"![privacy/utility]({name}/privacy_utility.png)", ""]
         checks = _checks(m["summary"])
         if checks:
             lines += ["Targets of the issue, checked on these numbers:", "", *checks, ""]
+    for folder in sorted(p for p in RESULTS.glob("privacy_ablation_*") if p.is_dir()):
+        m = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else None
+        if m is None:
+            continue
+        cfg, pv = m["config"], m["config"]["privacy"]
+        lines += [f"## Ablation: `{folder.name}/`", "",
+                  f"{m['dataset']}, ipc {cfg['ipc']}, width {cfg['width']}, dm iterations {cfg['iterations']} (batch_real "
+                  f"{cfg['batch_real']}), privacy block: normalize {pv.get('normalize')}, center {pv.get('center')}, "
+                  f"pool {pv.get('pool')}, replay {pv.get('replay')}; evaluation {cfg['eval']['models']} models x "
+                  f"{cfg['eval']['epochs']} epochs; seeds {cfg['seeds']}.", "", audit_table(m["summary"]), ""]
     (RESULTS / "privacy.md").write_text("\n".join(lines))
     print("\n".join(lines))
     return 0

@@ -111,7 +111,7 @@ def test_no_noise_no_clipping_reproduces_dm(digits):
     with pytest.warns(UserWarning, match="no noise"):
         dp = create_distiller("dm", **kw).distill(
             digits.train_images, digits.train_labels, 2,
-            privacy=PrivacyConfig(noise_multiplier=0.0, max_grad_norm=math.inf, sample_rate=1.0))
+            privacy=PrivacyConfig(noise_multiplier=0.0, max_grad_norm=math.inf, sample_rate=1.0, replay=0))
     assert dp.meta["privacy"]["epsilon"] == math.inf
     assert torch.allclose(plain.images, dp.images, atol=1e-4)
     # and real DP does change the result
@@ -211,3 +211,28 @@ def test_per_sample_gradients_sum_to_the_batch_gradient_on_convnet(digits):
                                 x, y, expected_size=1.0)
     for a, b in zip(ref, got, strict=True):
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-3)
+
+
+@settings(max_examples=25, deadline=None)
+@given(rows=st.integers(1, 20), dim=st.integers(1, 30), scale=st.floats(0.1, 1e3), bound=st.floats(0.1, 10.0))
+def test_normalized_rows_reach_the_bound_and_never_exceed_it(rows, dim, scale, bound):
+    from fedcl.privacy.mechanism import normalize_rows
+
+    v = torch.randn(rows, dim, generator=torch.Generator().manual_seed(rows * dim)) * scale
+    norms = normalize_rows(v, bound).norm(dim=1)
+    assert (norms <= bound * (1 + 1e-5)).all()
+    assert torch.allclose(norms, torch.full_like(norms, bound), rtol=1e-3)
+
+
+def test_replay_centering_pooling_read_real_data_only_in_the_private_steps(digits, monkeypatch):
+    calls = []
+    sample = GaussianMechanism.sample
+    monkeypatch.setattr(GaussianMechanism, "sample", lambda self, n: calls.append(n) or sample(self, n))
+    seen = []
+    dist = create_distiller("dm", iterations=3, batch_real=8, **TINY)
+    syn = dist.distill(digits.train_images, digits.train_labels, 1, callback=lambda it, s: seen.append(it),
+                       privacy=PrivacyConfig(epsilon=2.0, replay=2, center=True, pool=True))
+    assert len(calls) == 3  # one Poisson sample per private step; the 6 replay updates read none
+    assert seen == list(range(1, 10))
+    assert syn.meta["privacy"]["steps"] == 3
+    assert torch.isfinite(syn.images).all()

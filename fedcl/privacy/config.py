@@ -23,6 +23,19 @@ class PrivacyConfig:
         secure_mode: use Opacus's cryptographically secure noise.
         sample_rate: Poisson sampling rate of real examples per step; None picks
             ``batch_real / class size``.
+        normalize: ``dm`` only: scale every real (and synthetic) embedding to norm exactly
+            ``max_grad_norm`` instead of only clipping it (same sensitivity; every example
+            then contributes the full bound, so the signal is as large as the noise allows).
+        center: ``dm`` only: subtract, before clipping, the mean embedding of the current
+            synthetic set (a function of earlier releases only) from every embedding, so the
+            clipped contributions carry what tells the classes apart rather than the large
+            component all images share.
+        pool: ``dm`` only: match spatially averaged features (``width`` numbers per network
+            instead of ``width * h * w``): the noise norm grows with the square root of the
+            dimension while the clipped signal does not, so fewer dimensions, less noise.
+        replay: ``dm`` only: after the private steps, this many more passes over the stored
+            (network, augmentation, noisy target) triples, one image update each. Pure
+            post-processing of released values: more optimisation, no extra privacy cost.
     """
 
     epsilon: float | None = None
@@ -32,6 +45,10 @@ class PrivacyConfig:
     accountant: str = "rdp"
     secure_mode: bool = False
     sample_rate: float | None = None
+    normalize: bool = True
+    center: bool = True
+    pool: bool = False
+    replay: int = 4
 
     @property
     def enabled(self) -> bool:

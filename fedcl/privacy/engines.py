@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from fedcl.distill.augment import DSA, default_strategy
 from fedcl.privacy.accounting import DPParams, resolve_privacy
 from fedcl.privacy.config import PrivacyConfig
-from fedcl.privacy.mechanism import GaussianMechanism, clip_rows, private_network
+from fedcl.privacy.mechanism import GaussianMechanism, clip_rows, normalize_rows, private_network
 from fedcl.utils import progress
 
 if TYPE_CHECKING:
@@ -78,45 +78,75 @@ def _setup(engine: Distiller, real: ClassData, syn: torch.Tensor, classes: list[
     return mech, syn, group, expected
 
 
+def _embed(net: torch.nn.Module, x: torch.Tensor, pool: bool) -> torch.Tensor:
+    """``net.embed(x)``, or with ``pool`` the spatial mean of ``net.features(x)`` when it is a feature map."""
+    if pool and hasattr(net, "features"):
+        f = net.features(x)
+        if f.dim() == 4:
+            return f.mean((2, 3))
+    return net.embed(x)
+
+
 def distill_dm_private(engine: Distiller, real: ClassData, syn: torch.Tensor, syn_labels: torch.Tensor,
                        classes: list[int], gen: torch.Generator, privacy: PrivacyConfig,
                        callback: Callback | None) -> torch.Tensor:
     """Distribution matching where each class's real mean embedding is a DP noisy clipped mean.
 
-    The synthetic embeddings are clipped to the same bound (no noise: no real data), so
-    both sides of the match live on the same scale.
+    The synthetic embeddings are clipped (or, with ``privacy.normalize``, scaled) to the same
+    bound (no noise: no real data), so both sides of the match live on the same scale. With
+    ``privacy.replay`` the (network, augmentation, noisy target) triples of the private steps
+    are kept and the images are updated ``replay`` more times against each of them: this only
+    post-processes released values, so the privacy record is that of the private steps.
     """
     from fedcl.distill.dm import class_means
 
     mech, syn, group, expected = _setup(engine, real, syn, classes, gen, privacy)
     c_max = mech.params.max_grad_norm
+    normalize = bool(privacy.normalize) and c_max != float("inf")
+    scale = normalize_rows if normalize else clip_rows
+    replay, pool = int(privacy.replay), bool(privacy.pool)
     aug = DSA(engine.dsa_strategy or default_strategy(engine._meta.get("dataset", ""))) if engine.dsa else None
     syn = syn.detach().clone().requires_grad_(True)
     opt = torch.optim.SGD([syn], lr=engine.lr_img, momentum=engine.momentum)
     in_shape, num_classes = syn.shape[1:], real.num_classes
     syn_group = group[syn_labels.cpu()]
     dev_group = group.to(real.device)
-    for it in progress(range(engine.iterations), desc=f"dp-dm {engine._meta.get('dataset', '')}",
-                       enabled=engine.progress):
-        net = private_network(engine.make_network(in_shape, num_classes), warn=it == 0)
-        net.train()
-        for p in net.parameters():
-            p.requires_grad_(False)
-        params = aug.sample(len(classes), gen) if aug else None
+    released: list[tuple[torch.nn.Module, object, torch.Tensor, torch.Tensor | float]] = []
+
+    def update(net: torch.nn.Module, params: object, target: torch.Tensor, ref: torch.Tensor | float) -> None:
         xs = aug(syn, params, syn_group) if aug else syn
-        emb_syn = clip_rows(net.embed(xs), c_max)
-        idx = mech.sample(len(real.labels)).to(real.device)
-        xr, yr = real.images[idx], real.labels[idx]
-        with torch.no_grad():
-            if len(idx):
-                emb = net.embed(aug(xr, params, group[yr.cpu()]) if aug else xr)
-            else:
-                emb = emb_syn.new_zeros(0, emb_syn.shape[1])
-            target = mech.private_means(emb, dev_group[yr], expected)
+        emb_syn = scale(_embed(net, xs, pool) - ref, c_max)
         loss = ((class_means(emb_syn, syn_labels, classes) - target) ** 2).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
+    total = engine.iterations * (1 + replay)
+    for it in progress(range(total), desc=f"dp-dm {engine._meta.get('dataset', '')}", enabled=engine.progress):
+        if it < engine.iterations:  # a private step: the only place real data is read
+            net = private_network(engine.make_network(in_shape, num_classes), warn=it == 0)
+            net.train()
+            for p in net.parameters():
+                p.requires_grad_(False)
+            params = aug.sample(len(classes), gen) if aug else None
+            with torch.no_grad():  # the centre is computed from the synthetic images only (no real data)
+                ref = _embed(net, aug(syn, params, syn_group) if aug else syn, pool).mean(0) if privacy.center else 0.0
+            idx = mech.sample(len(real.labels)).to(real.device)
+            xr, yr = real.images[idx], real.labels[idx]
+            with torch.no_grad():
+                if len(idx):
+                    emb = _embed(net, aug(xr, params, group[yr.cpu()]) if aug else xr, pool) - ref
+                else:
+                    emb = xr.new_zeros(0, _embed(net, syn[:1].detach(), pool).shape[1])
+                target = mech.private_means(emb, dev_group[yr], expected, normalize=normalize)
+            if replay:
+                released.append((net, params, target, ref))
+        else:  # replay: post-processing of the released targets, in a fresh random order each pass
+            k = (it - engine.iterations) % engine.iterations
+            if k == 0:
+                order = torch.randperm(engine.iterations, generator=gen).tolist()
+            net, params, target, ref = released[order[k]]
+        update(net, params, target, ref)
         if callback is not None:
             callback(it + 1, engine.wrap(syn, syn_labels, num_classes))
     return syn.detach()

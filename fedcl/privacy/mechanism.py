@@ -12,6 +12,11 @@ One step of the mechanism, applied to the real examples of one class ``c`` (``N_
 4. The noisy sum is divided by the *expected* batch size ``q * N_c`` (a constant, so this
    is post-processing; class sizes are treated as public, as Opacus treats the dataset size).
 
+For ``dm`` the contribution may be *normalised* (scaled to norm exactly ``C``, a clip whose
+bound is always reached) and *centred* first (``v_i - r`` with ``r`` the mean embedding of
+the current synthetic set under the same network: ``r`` depends only on earlier releases and
+public randomness, so the sensitivity is still ``C``). See :mod:`fedcl.privacy.engines`.
+
 This is exactly the subsampled Gaussian mechanism of DP-SGD, so Opacus accountants
 (:mod:`fedcl.privacy.accounting`) bound its privacy loss.
 
@@ -29,7 +34,8 @@ with a warning), the matching networks and augmentations are drawn independently
 the data, and the synthetic side of every loss uses no real data. The *only* access to
 real data is through the mechanism above; everything else -- the optimiser, the
 synthetic-side embeddings or gradients, the final images, any model trained on them --
-is post-processing of its noisy outputs, which cannot increase epsilon.
+is post-processing of its noisy outputs, which cannot increase epsilon. This includes
+``dm``'s *replay* passes, which reuse released noisy targets without reading real data.
 
 **Normalisation layers.** Per-example contributions must not depend on other examples
 of the batch. BatchNorm in training mode mixes the batch, so a network that Opacus's
@@ -51,7 +57,7 @@ from torch import nn
 from fedcl.errors import PrivacyError
 from fedcl.privacy.accounting import DPParams
 
-__all__ = ["GaussianMechanism", "clip_rows", "private_network"]
+__all__ = ["GaussianMechanism", "clip_rows", "normalize_rows", "private_network"]
 
 
 def clip_rows(v: torch.Tensor, max_norm: float) -> torch.Tensor:
@@ -61,6 +67,13 @@ def clip_rows(v: torch.Tensor, max_norm: float) -> torch.Tensor:
     norms = v.norm(dim=1, keepdim=True)
     factor = (max_norm / (norms + 1e-6)).clamp(max=1.0)
     return v * factor
+
+
+def normalize_rows(v: torch.Tensor, norm: float) -> torch.Tensor:
+    """Scale each row of ``v`` to L2 norm ``norm`` (a zero row stays zero): a clip whose bound is always reached."""
+    if norm == float("inf"):
+        return v
+    return v * (norm / (v.norm(dim=1, keepdim=True) + 1e-6))
 
 
 def private_network(net: nn.Module, *, warn: bool = True) -> nn.Module:
@@ -130,20 +143,25 @@ class GaussianMechanism:
                             self.secure_mode)
         return z.to(reference.device)
 
-    def noisy_class_sums(self, contributions: torch.Tensor, rows: torch.Tensor, num_groups: int) -> torch.Tensor:
+    def noisy_class_sums(self, contributions: torch.Tensor, rows: torch.Tensor, num_groups: int, *,
+                         normalize: bool = False) -> torch.Tensor:
         """Clip each row of ``contributions`` (``(B, D)``), sum per group ``rows`` (``(B,)``), add noise.
+
+        ``normalize`` scales every row to norm exactly ``max_grad_norm`` (still at most the
+        bound, so the sensitivity and the accounting are unchanged).
 
         Returns:
             ``(num_groups, D)``: one noisy clipped sum per group (class).
         """
-        clipped = clip_rows(contributions, self.params.max_grad_norm)
+        scale = normalize_rows if normalize else clip_rows
+        clipped = scale(contributions, self.params.max_grad_norm)
         sums = clipped.new_zeros(num_groups, clipped.shape[1]).index_add_(0, rows, clipped)
         return sums + self.noise(sums.shape, sums)
 
-    def private_means(self, contributions: torch.Tensor, rows: torch.Tensor,
-                      expected_sizes: torch.Tensor) -> torch.Tensor:
+    def private_means(self, contributions: torch.Tensor, rows: torch.Tensor, expected_sizes: torch.Tensor, *,
+                      normalize: bool = False) -> torch.Tensor:
         """Noisy clipped sums per group divided by each group's expected batch size ``q * N_c``."""
-        sums = self.noisy_class_sums(contributions, rows, len(expected_sizes))
+        sums = self.noisy_class_sums(contributions, rows, len(expected_sizes), normalize=normalize)
         return sums / expected_sizes.to(sums)[:, None]
 
     def private_gradient(self, net: nn.Module, params: list[nn.Parameter], loss_fn: Callable[[torch.Tensor,

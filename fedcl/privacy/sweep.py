@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -84,9 +84,7 @@ def _validate(cfg: SweepConfig, num_examples: int | None = None) -> None:
 def _privacy(cfg: SweepConfig, eps: float | None) -> PrivacyConfig | None:
     if eps is None:
         return None
-    p = cfg.privacy
-    return PrivacyConfig(epsilon=eps, delta=p.delta, max_grad_norm=p.max_grad_norm, accountant=p.accountant,
-                         secure_mode=p.secure_mode, sample_rate=p.sample_rate)
+    return replace(cfg.privacy, epsilon=eps, noise_multiplier=None)  # every other setting of the block carries over
 
 
 def _train_on(x: torch.Tensor, y: torch.Tensor, cfg: SweepConfig, data: Any, seed: int, dev: torch.device,

@@ -104,6 +104,12 @@ def main() -> int:
                     if len(m["parts"]) > 1 else []),
                   "± is the std over seeds, or over evaluation models when there is one seed.", "",
                   audit_table(m["summary"]), f"![privacy/utility]({name}/privacy_utility.png)", ""]
+        running = [(log.stem, [ln for ln in log.read_text().splitlines() if " eps=" in ln])
+                   for log in sorted(RESULTS.glob(f"{name}_*.log")) if not (RESULTS / log.stem / "metrics.json").is_file()]
+        for part, done in running:
+            lines += [f"Part `{part}/` had not finished when this file was written; rows completed so far, from "
+                      f"its log (accuracy is a fraction; one seed; not in the table or the checks):", "", "```",
+                      *(done or ["(none yet)"]), "```", ""]
         checks = _checks(m["summary"])
         if checks:
             lines += ["Targets of the issue, checked on these numbers:", "", *checks, ""]

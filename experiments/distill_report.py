@@ -110,4 +110,8 @@ def write_report(res: dict[str, Any], out: Path) -> None:
             w.writerow(["iteration", "seconds", "acc_mean", "acc_std"])
             for p in c["points"]:
                 w.writerow([p["iteration"], p["seconds"], p["acc"], p["std"]])
+    missing = [part for part in ("speed", "digits", "mnist", "curve") if part not in res]
+    if missing:
+        md += ["## Not measured yet", "", "These parts have no results in this file: "
+               + ", ".join(f"`--part {p}`" for p in missing) + "; their targets are open.", ""]
     (out / "distill.md").write_text("\n".join(md) + "\n")

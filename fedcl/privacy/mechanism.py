@@ -73,7 +73,8 @@ def normalize_rows(v: torch.Tensor, norm: float) -> torch.Tensor:
     """Scale each row of ``v`` to L2 norm ``norm`` (a zero row stays zero): a clip whose bound is always reached."""
     if norm == float("inf"):
         return v
-    return v * (norm / (v.norm(dim=1, keepdim=True) + 1e-6))
+    # clamp_min, not "+ eps": an additive eps leaves small rows measurably short of the bound
+    return v * (norm / v.norm(dim=1, keepdim=True).clamp_min(1e-12))
 
 
 def private_network(net: nn.Module, *, warn: bool = True) -> nn.Module:

@@ -20,7 +20,7 @@ def test_fast_embed_matches_embed(shape: tuple[int, int, int], norm: str) -> Non
     assert supports_fast_embed(net)
     with torch.no_grad():
         ref = net.embed(x)
-    for chunk in (None, 8):
+    for chunk in (None, 8, "auto"):
         out = embed_no_grad(net, x, chunk=chunk)
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
 
@@ -71,3 +71,11 @@ def test_dm_fast_path_same_result_as_plain() -> None:
                                fast_embed=fast, model_kwargs={"width": 16})
         runs.append(eng.distill(x, y, 2, meta={"dataset": "digits"}).images)
     torch.testing.assert_close(runs[0], runs[1], rtol=1e-3, atol=1e-3)
+
+
+def test_dm_rejects_a_bad_embed_chunk() -> None:
+    from fedcl.distill import create_distiller
+    from fedcl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="embed_chunk"):
+        create_distiller("dm", embed_chunk=0)

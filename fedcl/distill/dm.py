@@ -14,6 +14,7 @@ import torch
 
 from fedcl.distill.augment import DSA, default_strategy
 from fedcl.distill.base import Callback, ClassData, Distiller, register_distiller
+from fedcl.errors import ConfigError
 from fedcl.models.fast import embed_no_grad, resolve_precision
 from fedcl.privacy.config import PrivacyConfig
 from fedcl.utils import progress
@@ -46,6 +47,8 @@ class DistributionMatching(Distiller):
             ``auto`` (bf16 on CUDA and AMX CPUs; see :func:`fedcl.models.fast.resolve_precision`).
         fast_embed: embed the real batch with :func:`fedcl.models.fast.embed_no_grad` (same
             function, far less memory traffic on CPU); False uses ``net.embed``.
+        embed_chunk: images per chunk of that embedding: ``auto`` (32 on CPU, whole batch
+            on CUDA), an integer, or None for one pass.
         **kwargs: see :class:`Distiller` (model, init, device, seed, progress ...).
     """
 
@@ -53,7 +56,7 @@ class DistributionMatching(Distiller):
 
     def __init__(self, *, iterations: int = 1000, batch_real: int = 256, lr_img: float = 1.0, momentum: float = 0.5,
                  dsa: bool = True, dsa_strategy: str | None = None, precision: str = "fp32",
-                 fast_embed: bool = True, **kwargs: Any) -> None:
+                 fast_embed: bool = True, embed_chunk: int | str | None = "auto", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.iterations = int(iterations)
         self.batch_real = int(batch_real)
@@ -64,6 +67,9 @@ class DistributionMatching(Distiller):
         self.dtype = resolve_precision(precision, self.device)  # validates the name early
         self.precision = precision
         self.fast_embed = bool(fast_embed)
+        if not (embed_chunk is None or embed_chunk == "auto" or (isinstance(embed_chunk, int) and embed_chunk >= 1)):
+            raise ConfigError(f"embed_chunk must be 'auto', None or a positive integer, got {embed_chunk!r}")
+        self.embed_chunk = embed_chunk
 
     def _distill(self, real: ClassData, syn: torch.Tensor, syn_labels: torch.Tensor, classes: list[int],
                  gen: torch.Generator, privacy: PrivacyConfig | None, callback: Callback | None) -> torch.Tensor:
@@ -91,7 +97,7 @@ class DistributionMatching(Distiller):
             real_group = group[yr.cpu()] if aug else None
             with torch.no_grad():
                 xr = aug(xr, params, real_group) if aug else xr
-                emb = embed_no_grad(net, xr, precision=self.dtype) if self.fast_embed else net.embed(xr)
+                emb = embed_no_grad(net, xr, precision=self.dtype, chunk=self.embed_chunk) if self.fast_embed else net.embed(xr)
                 target = class_means(emb.float(), yr, classes)
             xs = aug(syn, params, syn_group) if aug else syn
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):

@@ -8,7 +8,11 @@ zeroing on each allocation) and instance norm makes several passes. :func:`embed
 computes the same function with one fresh tensor per block (the convolution's output):
 per-(sample, channel) statistics in fp32 from two read-only reductions, then the
 normalisation folded into an in-place clamp so that the affine step runs after pooling on
-a tensor four times smaller (optionally in chunks to bound memory).
+a tensor four times smaller. On CPU the batch goes through in chunks of 32 images: the
+first block's full-resolution output (128 channels at 28x28, 400 KB per image) then stays
+in cache between the convolution, the clamp and the pooling instead of streaming 1 GB
+through memory three times for 2,560 images (measured on the 2-core machine: 1.47 s
+unchunked, 1.02 s in chunks of 32, 1.04 s in chunks of 64).
 
 ``precision="bf16"`` runs the convolutions in bfloat16 (channels-last) with the statistics
 still in fp32; :func:`resolve_precision` picks it for ``auto`` only where it pays off
@@ -23,9 +27,10 @@ from torch import nn
 
 from fedcl.errors import ConfigError
 
-__all__ = ["PRECISIONS", "embed_no_grad", "resolve_precision", "supports_fast_embed"]
+__all__ = ["CPU_CHUNK", "PRECISIONS", "embed_no_grad", "resolve_precision", "supports_fast_embed"]
 
 PRECISIONS = ("fp32", "bf16", "auto")
+CPU_CHUNK = 32  # images per chunk on CPU (see the module docstring); CUDA takes the batch whole
 
 
 def _cpu_has_amx() -> bool:
@@ -104,6 +109,20 @@ def _stats_first(x: torch.Tensor, conv: nn.Conv2d) -> tuple[torch.Tensor, torch.
     return z.view(n, h, w, -1).permute(0, 3, 1, 2), mean, sq
 
 
+def _moments(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-(sample, channel) mean and E[z^2] of ``z`` (N, C, H, W), in fp32.
+
+    For a channels-last ``z`` the spatial reduction runs over a contiguous ``(N, HW, C)``
+    view, which is 2-6x faster on CPU than reducing the strided dims (2, 3).
+    """
+    n, c, h, w = z.shape
+    if z.is_contiguous(memory_format=torch.channels_last):
+        v = z.permute(0, 2, 3, 1).reshape(n, h * w, c).float()
+        return v.mean(1), v.square().mean(1)
+    zf = z.float()
+    return zf.mean(dim=(2, 3)), zf.square().mean(dim=(2, 3))
+
+
 def _block(h: torch.Tensor, conv: nn.Conv2d, norm: nn.Module, dtype: torch.dtype) -> torch.Tensor:
     """conv -> instance norm -> ReLU -> 2x2 average pooling, with one full-size allocation."""
     if isinstance(norm, nn.Identity):
@@ -114,9 +133,7 @@ def _block(h: torch.Tensor, conv: nn.Conv2d, norm: nn.Module, dtype: torch.dtype
         z, mean, sq = _stats_first(h, conv)
     else:
         z = F.conv2d(h, conv.weight.to(dtype), None, padding=conv.padding)
-        hw = z.shape[2] * z.shape[3]
-        mean = z.sum(dim=(2, 3), dtype=torch.float32) / hw
-        sq = torch.linalg.vector_norm(z, dim=(2, 3), dtype=torch.float32).square_() / hw
+        mean, sq = _moments(z)
     var = (sq - mean.square()).clamp_min_(0.0)
     scale = norm.weight.float() * torch.rsqrt(var + norm.eps)  # (N, C)
     shift = norm.bias.float() - mean * scale
@@ -133,7 +150,7 @@ def _block(h: torch.Tensor, conv: nn.Conv2d, norm: nn.Module, dtype: torch.dtype
 
 @torch.no_grad()
 def embed_no_grad(net: nn.Module, x: torch.Tensor, *, precision: str | torch.dtype = "fp32",
-                  chunk: int | None = None) -> torch.Tensor:
+                  chunk: int | str | None = "auto") -> torch.Tensor:
     """``net.embed(x)`` without gradients, fast for the ConvNet (fp32 result).
 
     Falls back to ``net.embed`` (under autocast for bf16) for networks without a fast path.
@@ -142,8 +159,8 @@ def embed_no_grad(net: nn.Module, x: torch.Tensor, *, precision: str | torch.dty
         net: the matching network (left unchanged).
         x: images ``(N, C, H, W)``.
         precision: ``fp32``, ``bf16``, ``auto`` or a dtype (see :func:`resolve_precision`).
-        chunk: images per chunk to bound memory; None (default, measured fastest on a
-            contended 2-core CPU: per-op threading overhead dominates small chunks) for one pass.
+        chunk: images per chunk; ``auto`` (default) is :data:`CPU_CHUNK` on CPU and one pass
+            elsewhere; None is one pass.
 
     Returns:
         ``(N, feature_dim)`` fp32 embeddings.
@@ -153,7 +170,9 @@ def embed_no_grad(net: nn.Module, x: torch.Tensor, *, precision: str | torch.dty
     if blocks is None:
         with torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32):
             return net.embed(x).float()
-    if chunk is not None and x.shape[0] > chunk:
+    if chunk == "auto":
+        chunk = CPU_CHUNK if x.device.type == "cpu" else None
+    if isinstance(chunk, int) and x.shape[0] > chunk:
         return torch.cat([embed_no_grad(net, part, precision=dtype, chunk=None) for part in x.split(chunk)])
     # channels-last throughout: oneDNN's convolutions and the pooling are fastest on it
     h = x.to(dtype).contiguous(memory_format=torch.channels_last)

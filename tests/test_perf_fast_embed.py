@@ -74,8 +74,5 @@ def test_dm_fast_path_same_result_as_plain() -> None:
 
 
 def test_dm_rejects_a_bad_embed_chunk() -> None:
-    from fedcl.distill import create_distiller
-    from fedcl.errors import ConfigError
-
     with pytest.raises(ConfigError, match="embed_chunk"):
         create_distiller("dm", embed_chunk=0)

@@ -33,6 +33,9 @@ def main() -> None:
     ap.add_argument("--root", default=str(REPO.parent / "shared" / "data"))
     ap.add_argument("--iterations", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--client-cpus", type=float, default=1.0, help="Ray CPUs per client (2 on 2 cores: one at a time)")
+    ap.add_argument("--feddm-rounds", type=int, default=3)
+    ap.add_argument("--strategies", nargs="+", default=["oneshot", "fedavg", "feddm"])
     ap.add_argument("--dp", action="store_true", help="also a DP one-shot run at epsilon 1 per client")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -40,9 +43,9 @@ def main() -> None:
     for seed in args.seeds:
         cfg = FederatedConfig(dataset="mnist", data=DataConfig(root=args.root), num_clients=10, partition="dirichlet",
                               alpha=0.1, ipc=10, iterations=args.iterations, seed=seed, threads=args.threads,
-                              strategies=["oneshot", "fedavg", "feddm"], rounds=20, feddm_rounds=3,
+                              strategies=list(args.strategies), rounds=20, feddm_rounds=args.feddm_rounds,
                               server_epochs=300, central_epochs=30,
-                              client_resources=ClientResources(num_cpus=1.0, num_gpus=0.0))
+                              client_resources=ClientResources(num_cpus=args.client_cpus, num_gpus=0.0))
         runs.append(run_federated(cfg))
         if args.dp:
             dp = FederatedConfig(**{**cfg.__dict__, "strategies": ["oneshot"], "centralised": False,

@@ -20,7 +20,7 @@ def test_fast_embed_matches_embed(shape: tuple[int, int, int], norm: str) -> Non
     assert supports_fast_embed(net)
     with torch.no_grad():
         ref = net.embed(x)
-    for chunk in (None, 8):
+    for chunk in (None, 8, "auto"):
         out = embed_no_grad(net, x, chunk=chunk)
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
 

@@ -47,8 +47,8 @@ class DistributionMatching(Distiller):
             ``auto`` (bf16 on CUDA and AMX CPUs; see :func:`fedcl.models.fast.resolve_precision`).
         fast_embed: embed the real batch with :func:`fedcl.models.fast.embed_no_grad` (same
             function, far less memory traffic on CPU); False uses ``net.embed``.
-        embed_chunk: images per chunk of that embedding (bounds memory), or None (default)
-            for one pass.
+        embed_chunk: images per chunk of that embedding: ``auto`` (default; 32 on CPU, the
+            whole batch on CUDA), a positive integer, or None for one pass.
         **kwargs: see :class:`Distiller` (model, init, device, seed, progress ...).
     """
 
@@ -56,7 +56,7 @@ class DistributionMatching(Distiller):
 
     def __init__(self, *, iterations: int = 1000, batch_real: int = 256, lr_img: float = 1.0, momentum: float = 0.5,
                  dsa: bool = True, dsa_strategy: str | None = None, precision: str = "fp32",
-                 fast_embed: bool = True, embed_chunk: int | None = None, **kwargs: Any) -> None:
+                 fast_embed: bool = True, embed_chunk: int | str | None = "auto", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.iterations = int(iterations)
         self.batch_real = int(batch_real)
@@ -67,8 +67,8 @@ class DistributionMatching(Distiller):
         self.dtype = resolve_precision(precision, self.device)  # validates the name early
         self.precision = precision
         self.fast_embed = bool(fast_embed)
-        if embed_chunk is not None and (not isinstance(embed_chunk, int) or embed_chunk < 1):
-            raise ConfigError(f"embed_chunk must be None or a positive integer, got {embed_chunk!r}")
+        if not (embed_chunk is None or embed_chunk == "auto" or (isinstance(embed_chunk, int) and embed_chunk >= 1)):
+            raise ConfigError(f"embed_chunk must be 'auto', None or a positive integer, got {embed_chunk!r}")
         self.embed_chunk = embed_chunk
 
     def _distill(self, real: ClassData, syn: torch.Tensor, syn_labels: torch.Tensor, classes: list[int],

@@ -9,10 +9,13 @@ computes the same function with one fresh tensor per block (the convolution's ou
 per-(sample, channel) statistics in fp32 from two read-only reductions, then the
 normalisation folded into an in-place clamp so that the affine step runs after pooling on
 a tensor four times smaller. The statistics reduce over a contiguous ``(N, HW, C)`` view of
-the channels-last output (2-6x faster than reducing dims 2 and 3). Chunking (``chunk``)
-bounds memory; it did not make a whole DM iteration faster (2-core CPU, MNIST ipc 10, 256
-real images per class: 1.2-1.4 s per iteration unchunked, 1.8 s in chunks of 32, although
-the embedding alone timed faster in chunks in isolation).
+the channels-last output (2-6x faster than reducing dims 2 and 3). On CPU the batch goes
+through in chunks of 32 images (``chunk="auto"``): the first block's full-resolution output
+(128 channels at 28x28, 400 KB per image) then stays in cache between the convolution, the
+clamp and the pooling instead of streaming 1 GB through memory three times for 2,560 images.
+On the 2-core machine a whole DM iteration (MNIST ipc 10, 256 real images per class) took
+1.1-1.4 s in chunks and 1.2-2.2 s unchunked, the memory-bound unchunked time varying most
+(``experiments/results/distill.md`` has the benchmark).
 
 ``precision="bf16"`` runs the convolutions in bfloat16 (channels-last) with the statistics
 still in fp32; :func:`resolve_precision` picks it for ``auto`` only where it pays off
@@ -27,9 +30,10 @@ from torch import nn
 
 from fedcl.errors import ConfigError
 
-__all__ = ["PRECISIONS", "embed_no_grad", "resolve_precision", "supports_fast_embed"]
+__all__ = ["CPU_CHUNK", "PRECISIONS", "embed_no_grad", "resolve_precision", "supports_fast_embed"]
 
 PRECISIONS = ("fp32", "bf16", "auto")
+CPU_CHUNK = 32  # images per chunk on CPU (see the module docstring); CUDA takes the batch whole
 
 
 def _cpu_has_amx() -> bool:
@@ -149,7 +153,7 @@ def _block(h: torch.Tensor, conv: nn.Conv2d, norm: nn.Module, dtype: torch.dtype
 
 @torch.no_grad()
 def embed_no_grad(net: nn.Module, x: torch.Tensor, *, precision: str | torch.dtype = "fp32",
-                  chunk: int | None = None) -> torch.Tensor:
+                  chunk: int | str | None = "auto") -> torch.Tensor:
     """``net.embed(x)`` without gradients, fast for the ConvNet (fp32 result).
 
     Falls back to ``net.embed`` (under autocast for bf16) for networks without a fast path.
@@ -158,7 +162,8 @@ def embed_no_grad(net: nn.Module, x: torch.Tensor, *, precision: str | torch.dty
         net: the matching network (left unchanged).
         x: images ``(N, C, H, W)``.
         precision: ``fp32``, ``bf16``, ``auto`` or a dtype (see :func:`resolve_precision`).
-        chunk: images per chunk to bound memory; None (default) for one pass.
+        chunk: images per chunk; ``auto`` (default): :data:`CPU_CHUNK` on CPU, one pass
+            elsewhere; None: one pass.
 
     Returns:
         ``(N, feature_dim)`` fp32 embeddings.
@@ -168,7 +173,9 @@ def embed_no_grad(net: nn.Module, x: torch.Tensor, *, precision: str | torch.dty
     if blocks is None:
         with torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32):
             return net.embed(x).float()
-    if chunk is not None and x.shape[0] > chunk:
+    if chunk == "auto":
+        chunk = CPU_CHUNK if x.device.type == "cpu" else None
+    if isinstance(chunk, int) and x.shape[0] > chunk:
         return torch.cat([embed_no_grad(net, part, precision=dtype, chunk=None) for part in x.split(chunk)])
     # channels-last throughout: oneDNN's convolutions and the pooling are fastest on it
     h = x.to(dtype).contiguous(memory_format=torch.channels_last)

@@ -159,51 +159,33 @@ def distill_gm_private(engine: Distiller, real: ClassData, syn: torch.Tensor, sy
 
     Per outer step, one Poisson sample of all real data is split by class; each class's
     per-sample gradients (Opacus ``GradSampleModule``) are clipped as one vector over all
-    parameters, summed, noised and divided by the class's expected batch ``q * N_c``.
+    parameters, summed, noised and divided by the class's expected batch ``q * N_c``. The
+    loop itself is the engine's :meth:`~fedcl.distill.gm.GradientMatching.match_loop`.
     """
-    from fedcl.distill.gm import gradient_distance, loops_for_ipc
-    from fedcl.train import train_model
+    from fedcl.distill.gm import RealAccess
 
-    mech, syn, group, expected = _setup(engine, real, syn, classes, gen, privacy)
-    aug = DSA(engine.dsa_strategy or default_strategy(engine._meta.get("dataset", ""))) if engine.dsa else None
-    ipc = syn.shape[0] // len(classes)
-    outer, inner = loops_for_ipc(ipc)
-    outer = engine.outer_loop or outer
-    inner = engine.inner_loop if engine.inner_loop is not None else inner
-    syn = syn.detach().clone().requires_grad_(True)
-    opt = torch.optim.SGD([syn], lr=engine.lr_img, momentum=engine.momentum)
-    in_shape, num_classes = syn.shape[1:], real.num_classes
+    mech, syn, _, expected = _setup(engine, real, syn, classes, gen, privacy)
 
     def sum_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, y, reduction="sum")
 
-    for it in progress(range(engine.iterations), desc=f"dp-{engine.name} {engine._meta.get('dataset', '')}",
-                       enabled=engine.progress):
-        net = private_network(engine.make_network(in_shape, num_classes), warn=it == 0)
-        net.train()
-        params = [p for p in net.parameters() if p.requires_grad]
-        for ol in range(outer):
-            opt.zero_grad(set_to_none=True)
-            idx = mech.sample(len(real.labels)).to(real.device)
-            cls_of = real.labels[idx]
-            for ci, c in enumerate(classes):
-                sel = idx[cls_of == c]
-                xr, yr = real.images[sel], real.labels[sel]
-                xs, ys = syn[ci * ipc:(ci + 1) * ipc], syn_labels[ci * ipc:(ci + 1) * ipc]
-                if aug is not None:
-                    p = aug.sample(1, gen)
-                    xr = aug(xr, p) if len(xr) else xr
-                    xs = aug(xs, p)
-                g_real = mech.private_gradient(net, params, sum_ce, xr, yr, float(expected[ci]))
-                g_syn = torch.autograd.grad(F.cross_entropy(net(xs), ys), params, create_graph=True)
-                gradient_distance(g_syn, g_real).backward()
-            opt.step()
-            if ol == outer - 1:
-                break
-            augment = (lambda xb: aug.random(xb, gen)) if aug is not None else None
-            train_model(net, syn.detach(), syn_labels, epochs=inner, lr=engine.lr_net, momentum=0.0,
-                        weight_decay=0.0, batch_size=engine.batch_train, augment=augment, lr_decay=False,
-                        generator=gen)
-        if callback is not None:
-            callback(it + 1, engine.wrap(syn, syn_labels, num_classes))
-    return syn.detach()
+    class PrivateAccess(RealAccess):
+        prefix = "dp-"
+
+        def network(self, net: torch.nn.Module, it: int) -> torch.nn.Module:
+            return private_network(net, warn=it == 0)
+
+        def begin_step(self) -> None:
+            self.idx = mech.sample(len(real.labels)).to(real.device)
+            self.cls_of = real.labels[self.idx]
+
+        def batch(self, ci: int, c: int) -> tuple[torch.Tensor, torch.Tensor]:
+            sel = self.idx[self.cls_of == c]
+            return real.images[sel], real.labels[sel]
+
+        def gradient(self, net: torch.nn.Module, params: list[torch.nn.Parameter], x: torch.Tensor, y: torch.Tensor,
+                     ci: int) -> list[torch.Tensor]:
+            return mech.private_gradient(net, params, sum_ce, x, y, float(expected[ci]))
+
+    return engine.match_loop(PrivateAccess(engine, real, gen), syn, syn_labels, classes, real.num_classes, gen,
+                             callback)

@@ -31,14 +31,20 @@ def digits():
 
 
 @pytest.fixture(scope="session")
-def mnist():
-    """MNIST-6k from ../shared/data; skips cleanly when absent."""
+def mnist_data_root() -> str:
+    """The MNIST root (``$FEDCL_DATA`` or ../shared/data); skips cleanly when absent."""
     root = mnist_root()
     if root is None:
         pytest.skip("MNIST files not found (set FEDCL_DATA or provide ../shared/data)")
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def mnist(mnist_data_root):
+    """MNIST-6k from ../shared/data; skips cleanly when absent."""
     from fedcl.data import load_dataset
 
-    return load_dataset("mnist", root)
+    return load_dataset("mnist", mnist_data_root)
 
 
 @pytest.fixture

@@ -11,13 +11,8 @@ pytestmark = pytest.mark.mnist
 
 
 @pytest.fixture(scope="module")
-def root():
-    from conftest import mnist_root
-
-    r = mnist_root()
-    if r is None:
-        pytest.skip("MNIST files not found (set FEDCL_DATA or provide ../shared/data)")
-    return str(r)
+def root(mnist_data_root):
+    return mnist_data_root
 
 
 def test_split_mnist_is_class_incremental(root):

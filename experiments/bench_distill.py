@@ -98,7 +98,7 @@ def part_speed(args: argparse.Namespace) -> dict[str, Any]:
     variants: list[tuple[str, str, dict[str, Any]]] = [
         ("dm", "dm (fast fp32, default)", {}),
         ("dm", "dm (fast fp32, unchunked)", {"embed_chunk": None}),
-        ("dm", "dm (fast fp32, chunks of 64)", {"embed_chunk": 64}),
+        ("dm", "dm (fast fp32, chunks of 32)", {"embed_chunk": 32}),
         ("dm", "dm (before: net.embed fp32)", {"fast_embed": False}),
         ("dm", "dm (fast bf16)", {"precision": "bf16"}),
         ("dsa", "dsa", {}),

@@ -21,14 +21,15 @@ def _env(env: dict[str, Any]) -> str:
 
 
 def _table(rows: list[dict[str, Any]], targets: dict[int, float] | None, baseline: str = "random") -> list[str]:
-    out = ["| method | ipc | iterations | real/class/it | distill s | test accuracy % (mean ± std) | vs random |",
-           "|---|---|---|---|---|---|---|"]
+    out = ["| method | ipc | iterations | real/class/it | distill s | evaluation | test accuracy % (mean ± std) "
+           "| vs random | note |", "|---|---|---|---|---|---|---|---|---|"]
     base = {r["ipc"]: r["acc"]["mean"] for r in rows if r["method"] == baseline}
     for r in sorted(rows, key=lambda r: (r["ipc"], r["method"])):
         gap = 100 * (r["acc"]["mean"] - base[r["ipc"]]) if r["ipc"] in base and r["method"] != baseline else None
         secs = f"{r['distill_seconds']:.0f}" if r.get("distill_seconds") else "-"
+        ev = f"{r['acc']['n_models']} x {r['acc']['epochs']} ep"
         out.append(f"| {r['method']} | {r['ipc']} | {r['iterations'] or '-'} | {r.get('batch_real') or '-'} | {secs} | "
-                   f"{_pct(r['acc'])} | {'' if gap is None else f'{gap:+.2f}'} |")
+                   f"{ev} | {_pct(r['acc'])} | {'' if gap is None else f'{gap:+.2f}'} | {r.get('note', '')} |")
     return out
 
 

@@ -47,7 +47,7 @@ class DistributionMatching(Distiller):
             ``auto`` (bf16 on CUDA and AMX CPUs; see :func:`fedcl.models.fast.resolve_precision`).
         fast_embed: embed the real batch with :func:`fedcl.models.fast.embed_no_grad` (same
             function, far less memory traffic on CPU); False uses ``net.embed``.
-        embed_chunk: images per chunk of that embedding: ``auto`` (default; 32 on CPU, the
+        embed_chunk: images per chunk of that embedding: ``auto`` (default; 64 on CPU, the
             whole batch on CUDA), a positive integer, or None for one pass.
         **kwargs: see :class:`Distiller` (model, init, device, seed, progress ...).
     """

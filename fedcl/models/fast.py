@@ -10,12 +10,11 @@ per-(sample, channel) statistics in fp32 from two read-only reductions, then the
 normalisation folded into an in-place clamp so that the affine step runs after pooling on
 a tensor four times smaller. The statistics reduce over a contiguous ``(N, HW, C)`` view of
 the channels-last output (2-6x faster than reducing dims 2 and 3). On CPU the batch goes
-through in chunks of 32 images (``chunk="auto"``): the first block's full-resolution output
-(128 channels at 28x28, 400 KB per image) then stays in cache between the convolution, the
-clamp and the pooling instead of streaming 1 GB through memory three times for 2,560 images.
-On the 2-core machine a whole DM iteration (MNIST ipc 10, 256 real images per class) took
-1.1-1.4 s in chunks and 1.2-2.2 s unchunked, the memory-bound unchunked time varying most
-(``experiments/results/distill.md`` has the benchmark).
+through in chunks of 64 images (``chunk="auto"``), which bounds the first block's
+full-resolution output (128 channels at 28x28, 400 KB per image) to 25 MB instead of 1 GB for
+2,560 images. Measured on the 2-core machine for a whole DM iteration (MNIST ipc 10, 256 real
+images per class, ``experiments/results/distill.md``): chunks of 64 and one pass within noise
+of each other (1.3-1.4 s), chunks of 32 no faster (1.2-1.8 s across runs).
 
 ``precision="bf16"`` runs the convolutions in bfloat16 (channels-last) with the statistics
 still in fp32; :func:`resolve_precision` picks it for ``auto`` only where it pays off
@@ -33,7 +32,7 @@ from fedcl.errors import ConfigError
 __all__ = ["CPU_CHUNK", "PRECISIONS", "embed_no_grad", "resolve_precision", "supports_fast_embed"]
 
 PRECISIONS = ("fp32", "bf16", "auto")
-CPU_CHUNK = 32  # images per chunk on CPU (see the module docstring); CUDA takes the batch whole
+CPU_CHUNK = 64  # images per chunk on CPU (see the module docstring); CUDA takes the batch whole
 
 
 def _cpu_has_amx() -> bool:

@@ -74,13 +74,16 @@ def evaluate(syn: SyntheticSet, data: Any, n_models: int, epochs: int) -> dict[s
 
 
 def accuracy_table(data: Any, methods: tuple[str, ...], ipcs: tuple[int, ...], iters: dict[str, int],
-                   n_models: int, epochs: int, batch_real: int) -> list[dict[str, Any]]:
+                   n_models: int, epochs: int, batch_real: int, save_dir: Path | None = None) -> list[dict[str, Any]]:
     """Distill and evaluate every (method, ipc); prints rows as they come."""
     rows = []
     for ipc in ipcs:
         for method in methods:
             cfg = {"batch_real": batch_real} if method in ("dm", "dsa", "gm") else {}
             syn, stats = distill(method, data, ipc, iters.get(method, 0), **cfg)
+            if save_dir is not None:  # kept so the set can be re-evaluated (e.g. with fedcl evaluate)
+                save_dir.mkdir(parents=True, exist_ok=True)
+                syn.save(save_dir / f"{data.name}_{method}_ipc{ipc}_it{iters.get(method, 0)}.safetensors")
             acc = evaluate(syn, data, n_models, epochs)
             row = {"dataset": data.name, "method": method, "ipc": ipc, "iterations": iters.get(method, 0)
                    if method in ("dm", "dsa", "gm") else 0, "batch_real": cfg.get("batch_real"),
@@ -142,7 +145,7 @@ def part_mnist(args: argparse.Namespace) -> dict[str, Any]:
     iters = {k: int(v) for k, v in iters.items()}
     methods = tuple(m for m in args.methods.split(",") if m)
     rows = accuracy_table(data, methods, tuple(int(i) for i in args.ipcs.split(",")), iters, args.models,
-                          args.epochs, args.batch_real)
+                          args.epochs, args.batch_real, RESULTS / "distill_sets" if args.save_sets else None)
     return {"rows": rows, "env": environment()}
 
 
@@ -213,6 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--every", type=int, default=100)
     p.add_argument("--curve-models", type=int, default=2)
     p.add_argument("--curve-epochs", type=int, default=150)
+    p.add_argument("--save-sets", action="store_true", help="mnist part: save each set under results/distill_sets")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args(argv)
     if args.threads:

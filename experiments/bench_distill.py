@@ -128,7 +128,8 @@ def part_speed(args: argparse.Namespace) -> dict[str, Any]:
             print(f"{label:30s} {statistics.median(w for w, _ in times[label]):.3f} s/it wall, "
                   f"{statistics.median(c for _, c in times[label]):.3f} CPU-s/it so far", flush=True)
     rows = [{"engine": label, "median_s": statistics.median(w for w, _ in v), "min_s": min(w for w, _ in v),
-             "cpu_median_s": statistics.median(c for _, c in v), "n": len(v)} for label, v in times.items()]
+             "cpu_median_s": statistics.median(c for _, c in v), "n": len(v), "threads": torch.get_num_threads(),
+             "load_avg_1m": os.getloadavg()[0]} for label, v in times.items()]
     return {"rows": rows, "batch_real": 256, "ipc": 10, "env": environment()}
 
 

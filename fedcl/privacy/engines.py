@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from fedcl.distill.augment import DSA, default_strategy
 from fedcl.privacy.accounting import DPParams, resolve_privacy
 from fedcl.privacy.config import PrivacyConfig
-from fedcl.privacy.mechanism import GaussianMechanism, clip_rows, normalize_rows, private_network
+from fedcl.privacy.mechanism import GaussianMechanism, bound_rows, private_network
 from fedcl.utils import progress
 
 if TYPE_CHECKING:
@@ -102,8 +102,7 @@ def distill_dm_private(engine: Distiller, real: ClassData, syn: torch.Tensor, sy
 
     mech, syn, group, expected = _setup(engine, real, syn, classes, gen, privacy)
     c_max = mech.params.max_grad_norm
-    normalize = bool(privacy.normalize) and c_max != float("inf")
-    scale = normalize_rows if normalize else clip_rows
+    normalize = bool(privacy.normalize)  # with c_max = inf both bounds leave rows unchanged
     replay, pool = int(privacy.replay), bool(privacy.pool)
     aug = DSA(engine.dsa_strategy or default_strategy(engine._meta.get("dataset", ""))) if engine.dsa else None
     syn = syn.detach().clone().requires_grad_(True)
@@ -115,7 +114,7 @@ def distill_dm_private(engine: Distiller, real: ClassData, syn: torch.Tensor, sy
 
     def update(net: torch.nn.Module, params: object, target: torch.Tensor, ref: torch.Tensor | float) -> None:
         xs = aug(syn, params, syn_group) if aug else syn
-        emb_syn = scale(_embed(net, xs, pool) - ref, c_max)
+        emb_syn = bound_rows(_embed(net, xs, pool) - ref, c_max, normalize=normalize)
         loss = ((class_means(emb_syn, syn_labels, classes) - target) ** 2).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()

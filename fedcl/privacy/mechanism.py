@@ -57,7 +57,7 @@ from torch import nn
 from fedcl.errors import PrivacyError
 from fedcl.privacy.accounting import DPParams
 
-__all__ = ["GaussianMechanism", "clip_rows", "normalize_rows", "private_network"]
+__all__ = ["GaussianMechanism", "bound_rows", "clip_rows", "normalize_rows", "private_network"]
 
 
 def clip_rows(v: torch.Tensor, max_norm: float) -> torch.Tensor:
@@ -75,6 +75,12 @@ def normalize_rows(v: torch.Tensor, norm: float) -> torch.Tensor:
         return v
     # clamp_min, not "+ eps": an additive eps leaves small rows measurably short of the bound
     return v * (norm / v.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+
+def bound_rows(v: torch.Tensor, bound: float, *, normalize: bool = False) -> torch.Tensor:
+    """Each row of ``v`` brought within L2 norm ``bound``: :func:`normalize_rows` (exactly ``bound``)
+    with ``normalize``, else :func:`clip_rows` (at most ``bound``); ``inf`` leaves ``v`` unchanged."""
+    return normalize_rows(v, bound) if normalize else clip_rows(v, bound)
 
 
 def private_network(net: nn.Module, *, warn: bool = True) -> nn.Module:
@@ -154,8 +160,7 @@ class GaussianMechanism:
         Returns:
             ``(num_groups, D)``: one noisy clipped sum per group (class).
         """
-        scale = normalize_rows if normalize else clip_rows
-        clipped = scale(contributions, self.params.max_grad_norm)
+        clipped = bound_rows(contributions, self.params.max_grad_norm, normalize=normalize)
         sums = clipped.new_zeros(num_groups, clipped.shape[1]).index_add_(0, rows, clipped)
         return sums + self.noise(sums.shape, sums)
 

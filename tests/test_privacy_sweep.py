@@ -6,11 +6,12 @@ import csv
 import json
 
 import numpy as np
+import torch
 import pytest
 
 from fedcl.errors import ConfigError, FedclError, PrivacyError
 from fedcl.privacy import PrivacyConfig
-from fedcl.privacy.audit import attack_metrics, empirical_epsilon
+from fedcl.privacy.audit import attack_metrics, empirical_epsilon, make_audit_data
 from fedcl.privacy.sweep import SweepConfig, _validate, main
 
 
@@ -67,3 +68,16 @@ def test_tiny_sweep_writes_its_run_folder(tmp_path):
         assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["loss_auc"] <= 1.0
         if r["target_epsilon"] is not None:
             assert r["privacy"]["epsilon"] <= 4.0 and r["privacy"]["steps"] > 0
+
+
+def test_audit_non_members_are_held_out_of_the_release():
+    train_x = torch.arange(100, dtype=torch.float32)[:, None]
+    train_y = torch.arange(100) % 10
+    test_x, test_y = -torch.ones(30, 1), torch.zeros(30, dtype=torch.long)
+    d = make_audit_data(train_x, train_y, test_x, test_y, n=50, seed=3)
+    used = set(d.keep.tolist())
+    members = d.x[d.member == 1, 0].long().tolist()
+    non_members = d.x[d.member == 0, 0].long().tolist()
+    assert len(members) == len(non_members) == 20  # capped at a fifth of the training set
+    assert set(members) <= used and not set(non_members) & used
+    assert len(used) == 80 and (d.shadow_x < 0).all()  # the shadow pool is the test set

@@ -1,14 +1,19 @@
 """Membership-inference audit: does a trained model reveal which real examples were used?
 
 Members are real training examples (used to train the model, or to distill the set the
-model was trained on); non-members are held-out examples of the same distribution. Two
-attacks score each example (higher = "member"):
+model was trained on); non-members are training examples held out of the release, so both
+groups come from the same split (MNIST's test set is not distributed like its training set,
+and drawing non-members from it biases every attack). The shadow models train on the test
+set, which holds no audited example. Two attacks score each example (higher = "member"):
 
 - **loss threshold** (Yeom et al.): the negative cross-entropy of the target model;
 - **calibrated (LiRA-style, offline)**: the target's logit-scaled confidence
   ``phi = log p_y - log(1 - p_y)`` compared with its distribution under a few *shadow*
-  models trained without any audited example: ``(phi - mean_out) / std_out`` per
-  example (Carlini et al., 2022, offline variant with one-sided Gaussian test).
+  models trained without any audited example: ``(phi - mean_out) / std_out`` (Carlini et
+  al., 2022, offline variant with one-sided Gaussian test). ``mean_out`` is per example;
+  ``std_out`` is per example only from ``PER_EXAMPLE_STD_SHADOWS`` shadows on, and one
+  variance pooled over all examples below that, as the paper advises for few shadows
+  (the standard deviation of two or three values is mostly noise).
 
 Reported per target: ROC AUC, TPR at 1% FPR, and an empirical epsilon lower bound: for
 every threshold, ``log((TPR_lo - delta) / FPR_hi)`` and ``log((1 - FPR_hi - delta) / (1 - TPR_lo))``
@@ -46,21 +51,29 @@ class AuditData:
     member: np.ndarray
     shadow_x: torch.Tensor
     shadow_y: torch.Tensor
+    keep: torch.Tensor
+    """Indices of the training examples the audited release may use (all but the non-members)."""
+
+
+PER_EXAMPLE_STD_SHADOWS = 8
+MAX_HOLDOUT_FRACTION = 0.2
 
 
 def make_audit_data(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, *,
                     n: int = 500, seed: int = 0) -> AuditData:
-    """``n`` members from the training set, ``n`` non-members from the test set; the rest of
-    the test set is the shadow pool (it contains no audited example)."""
+    """``n`` non-members held out of the training set and ``n`` members drawn from the rest.
+
+    The release must then use only ``train_x[keep]``. ``n`` is capped at a fifth of the
+    training set. The whole test set is the shadow pool (it holds no audited example)."""
     g = torch.Generator().manual_seed(seed)
-    n = min(n, len(train_x), len(test_x) // 2)
-    mi = torch.randperm(len(train_x), generator=g)[:n]
-    ti = torch.randperm(len(test_x), generator=g)
-    ni, pool = ti[:n], ti[n:]
-    x = torch.cat([train_x[mi], test_x[ni]])
-    y = torch.cat([train_y[mi], test_y[ni]])
+    n = max(1, min(n, int(len(train_x) * MAX_HOLDOUT_FRACTION)))
+    perm = torch.randperm(len(train_x), generator=g)
+    out, keep = perm[:n], perm[n:].sort().values
+    mi = keep[torch.randperm(len(keep), generator=g)[:n]]
+    x = torch.cat([train_x[mi], train_x[out]])
+    y = torch.cat([train_y[mi], train_y[out]])
     member = np.concatenate([np.ones(n), np.zeros(n)])
-    return AuditData(x, y, member, test_x[pool], test_y[pool])
+    return AuditData(x, y, member, test_x, test_y, keep)
 
 
 @torch.no_grad()
@@ -127,7 +140,11 @@ def audit_model(model: nn.Module, data: AuditData, shadow_phi: np.ndarray | None
     loss = F.cross_entropy(logits, data.y, reduction="none").numpy()
     out = {"loss": attack_metrics(-loss, data.member, delta)}
     if shadow_phi is not None and len(shadow_phi) > 1:
-        mu, sd = shadow_phi.mean(0), shadow_phi.std(0) + 1e-3
+        mu = shadow_phi.mean(0)
+        if len(shadow_phi) >= PER_EXAMPLE_STD_SHADOWS:
+            sd = shadow_phi.std(0) + 1e-3
+        else:
+            sd = np.full_like(mu, (shadow_phi - mu).std() + 1e-3)
         out["lira"] = attack_metrics((_phi(logits, data.y) - mu) / sd, data.member, delta)
     return out
 

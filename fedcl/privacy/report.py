@@ -60,8 +60,11 @@ def plot_privacy_utility(summ: list[dict[str, Any]], path: Path, title: str = ""
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
     fig, ax = plt.subplots(figsize=(6, 4))
     methods = sorted({s["method"] for s in summ})
+    dashes = [(0, (5, 3)), (0, (2, 2)), (0, (8, 3, 2, 3)), (0, (1, 1))]  # non-DP lines that coincide stay visible
     for i, m in enumerate(methods):
         color = f"C{i}"
         dp = sorted((s for s in summ if s["method"] == m and s["target_epsilon"] is not None),
@@ -72,8 +75,13 @@ def plot_privacy_utility(summ: list[dict[str, Any]], path: Path, title: str = ""
                         label=f"{m} (DP)")
         for s in summ:
             if s["method"] == m and s["target_epsilon"] is None:
-                ax.axhline(s["accuracy"], ls="--", color=color, label=f"{m} (no DP)")
+                ax.axhline(s["accuracy"], ls=dashes[i % len(dashes)], color=color, label=f"{m} (no DP)")
     ax.set_xscale("log")
+    eps = sorted({s["target_epsilon"] for s in summ if s["target_epsilon"] is not None})
+    if eps:
+        ax.set_xticks(eps)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("ε (δ fixed)")
     ax.set_ylabel("test accuracy")
     ax.set_title(title)

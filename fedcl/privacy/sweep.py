@@ -4,7 +4,8 @@ For every seed, every epsilon in ``epsilons`` (and once without DP when ``nodp``
 every method (a DP distillation engine such as ``dm``/``dsa``, or ``dpsgd``: the model
 trained on the real data with Opacus), the sweep makes the release, evaluates it
 (``eval.models`` fresh models trained on the synthetic set, or the DP-SGD model itself),
-audits one model trained on it, and writes ``results.csv``, ``metrics.json``,
+audits one model trained on it (with the audit on, ``audit_members`` training examples are
+held out of every release as the non-members; see ``fedcl.privacy.audit``), and writes ``results.csv``, ``metrics.json``,
 ``privacy_utility.png`` and ``audit.md`` into one run folder. ``fedcl audit`` is the same
 run with the audit table as its purpose (same config).
 """
@@ -102,9 +103,11 @@ def _train_on(x: torch.Tensor, y: torch.Tensor, cfg: SweepConfig, data: Any, see
                        augment=augment, generator=gen, device=dev)
 
 
-def _release(cfg: SweepConfig, method: str, eps: float | None, seed: int, data: Any,
-             dev: torch.device) -> tuple[list[torch.nn.Module], list[float], dict[str, Any] | None, float]:
-    """Make one release and return (models trained on it, their accuracies, privacy record, seconds)."""
+def _release(cfg: SweepConfig, method: str, eps: float | None, seed: int, data: Any, dev: torch.device,
+             train: tuple[torch.Tensor, torch.Tensor]) -> tuple[list[torch.nn.Module], list[float],
+                                                                 dict[str, Any] | None, float]:
+    """Make one release from ``train`` (images, labels) and return (models trained on it, their
+    accuracies, privacy record, seconds)."""
     from fedcl.distill import create_distiller
     from fedcl.privacy.dpsgd import train_dpsgd
     from fedcl.train import accuracy
@@ -112,7 +115,7 @@ def _release(cfg: SweepConfig, method: str, eps: float | None, seed: int, data: 
     priv = _privacy(cfg, eps)
     t0 = time.perf_counter()
     if method == "dpsgd":
-        res = train_dpsgd(data.train_images, data.train_labels, data.num_classes, privacy=priv, model=cfg.model,
+        res = train_dpsgd(*train, data.num_classes, privacy=priv, model=cfg.model,
                           model_kwargs={"width": cfg.width}, epochs=cfg.dpsgd_epochs,
                           batch_size=cfg.dpsgd_batch_size, lr=cfg.dpsgd_lr, seed=seed, device=dev)
         acc = accuracy(res.model, data.test_images, data.test_labels, device=dev)
@@ -125,7 +128,7 @@ def _release(cfg: SweepConfig, method: str, eps: float | None, seed: int, data: 
     else:
         kw.update(outer_loop=cfg.gm_outer_loop, inner_loop=cfg.gm_inner_loop)
     syn = create_distiller(method, **kw).distill(
-        data.train_images, data.train_labels, cfg.ipc, num_classes=data.num_classes, privacy=priv,
+        *train, cfg.ipc, num_classes=data.num_classes, privacy=priv,
         meta={"dataset": data.name, "mean": list(data.mean), "std": list(data.std)})
     if priv is not None and not syn.meta.get("privacy"):
         raise PrivacyError(f"method {method!r} returned no privacy record under DP; refusing to use its output")
@@ -155,6 +158,7 @@ def run_sweep(cfg: SweepConfig, folder: Path, log: Any = print) -> dict[str, Any
     settings: list[float | None] = [*([None] if cfg.nodp else []), *cfg.epsilons]
     for seed in cfg.seeds:
         shadow_phi = audit_data = None
+        train = (data.train_images, data.train_labels)
         if cfg.audit:
             audit_data = make_audit_data(data.train_images, data.train_labels, data.test_images, data.test_labels,
                                          n=cfg.audit_members, seed=seed)
@@ -162,9 +166,10 @@ def run_sweep(cfg: SweepConfig, folder: Path, log: Any = print) -> dict[str, Any
                                     lambda m, x, y, _s=seed: _fit(m, x, y, cfg, _s, dev), k=cfg.audit_shadows,
                                     size=cfg.audit_shadow_size, seed=seed)
             shadow_phi = shadow_logits(audit_data, shadows)
+            train = (data.train_images[audit_data.keep], data.train_labels[audit_data.keep])
         for method in cfg.methods:
             for eps in settings:
-                models, accs, record, secs = _release(cfg, method, eps, seed, data, dev)
+                models, accs, record, secs = _release(cfg, method, eps, seed, data, dev, train)
                 row = {"method": method, "target_epsilon": eps, "seed": seed,
                        "accuracy": statistics.fmean(accs), "accuracy_std": statistics.pstdev(accs) if len(accs) > 1
                        else 0.0, "n_models": len(accs), "epsilon": record["epsilon"] if record else None,
@@ -175,6 +180,7 @@ def run_sweep(cfg: SweepConfig, folder: Path, log: Any = print) -> dict[str, Any
                     for attack, res in audit_model(models[0], audit_data, shadow_phi, cfg.privacy.delta).items():
                         for k, v in res.items():
                             row[f"{attack}_{k}"] = v
+                row["train_size"] = int(len(train[1]))
                 rows.append(row)
                 log(f"{method:6s} eps={eps if eps is not None else 'none':>5} seed={seed} acc={row['accuracy']:.4f} "
                     f"loss_auc={row.get('loss_auc', float('nan')):.3f} lira_auc={row.get('lira_auc', float('nan')):.3f}"

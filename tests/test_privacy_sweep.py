@@ -6,8 +6,8 @@ import csv
 import json
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from fedcl.errors import ConfigError, FedclError, PrivacyError
 from fedcl.privacy import PrivacyConfig

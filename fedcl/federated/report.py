@@ -41,7 +41,10 @@ def plot_accuracy_vs_bytes(metrics: dict[str, Any], path: Path) -> Path:
     for name, r in metrics["strategies"].items():
         xs = _cumulative(r["uplink_bytes_per_round"])
         ys = r["accuracy_per_round"][1:len(xs) + 1]
-        ax.plot(xs[:len(ys)], ys, marker="o", markersize=3, label=name)
+        one = len(ys) == 1  # a one-round strategy is a single point: draw it large and on top, so a
+        # multi-round curve that starts at the same place does not hide it
+        ax.plot(xs[:len(ys)], ys, marker="*" if one else "o", markersize=12 if one else 3, zorder=3 if one else 2,
+                label=name)
     if "centralised" in metrics:
         ax.axhline(metrics["centralised"]["final_accuracy"], color="grey", linestyle="--", label="centralised")
     ax.set_xscale("log")

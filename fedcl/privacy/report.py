@@ -59,7 +59,6 @@ def plot_privacy_utility(summ: list[dict[str, Any]], path: Path, title: str = ""
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -5,8 +5,8 @@ every method (a DP distillation engine such as ``dm``/``dsa``, or ``dpsgd``: the
 trained on the real data with Opacus), the sweep makes the release, evaluates it
 (``eval.models`` fresh models trained on the synthetic set, or the DP-SGD model itself),
 audits one model trained on it (with the audit on, ``audit_members`` training examples are
-held out of every release as the non-members; see ``fedcl.privacy.audit``), and writes ``results.csv``, ``metrics.json``,
-``privacy_utility.png`` and ``audit.md`` into one run folder. ``fedcl audit`` is the same
+held out of every release as the non-members; see ``fedcl.privacy.audit``), and writes
+``results.csv``, ``metrics.json``, ``privacy_utility.png`` and ``audit.md`` into one run folder. ``fedcl audit`` is the same
 run with the audit table as its purpose (same config).
 """
 

@@ -38,6 +38,10 @@ def main() -> None:
     ap.add_argument("--feddm-rounds", type=int, default=3)
     ap.add_argument("--strategies", nargs="+", default=["oneshot", "fedavg", "feddm"])
     ap.add_argument("--dp", action="store_true", help="also a DP one-shot run at epsilon 1 per client")
+    ap.add_argument("--codec", default="float32", help="summary codec: float32, float16, uint8")
+    ap.add_argument("--no-centralised", dest="centralised", action="store_false",
+                    help="skip the centralised reference (another part of the study has it)")
+    ap.add_argument("--tag", default="federated_mnist", help="output name: one part of a study per tag")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     runs, dp_runs = [], []
@@ -45,17 +49,18 @@ def main() -> None:
         cfg = FederatedConfig(dataset="mnist", data=DataConfig(root=args.root), num_clients=10, partition="dirichlet",
                               alpha=0.1, ipc=10, iterations=args.iterations, seed=seed, threads=args.threads,
                               strategies=list(args.strategies), rounds=20, feddm_rounds=args.feddm_rounds,
-                              server_epochs=300, central_epochs=30, centralised=False,
+                              server_epochs=300, central_epochs=30, centralised=False, codec=args.codec,
                               client_resources=ClientResources(num_cpus=args.client_cpus, num_gpus=0.0))
         # one strategy at a time, written after each, so a long run keeps what it finished
         run: dict = {"strategies": {}}
         runs.append(run)
-        for name in [*args.strategies[:1], "centralised", *args.strategies[1:]]:
+        for name in [*args.strategies[:1], *(["centralised"] if args.centralised else []), *args.strategies[1:]]:
             if name == "centralised":
                 run["centralised"] = centralised(cfg)
             else:
                 one = run_federated(replace(cfg, strategies=[name]))
-                run["strategies"][name] = one["strategies"][name]
+                key = name if args.codec == "float32" or name == "fedavg" else f"{name}[{args.codec}]"
+                run["strategies"][key] = one["strategies"][name]
                 run.update({k: v for k, v in one.items() if k not in ("strategies", "seconds")})
             _write(args, runs, dp_runs)
         if args.dp:
@@ -65,9 +70,10 @@ def main() -> None:
 
 
 def _write(args, runs, dp_runs) -> None:
-    report = {"environment": environment(), "seeds": args.seeds[:len(runs)], "runs": runs, "dp_oneshot_eps1": dp_runs}
-    (OUT / "federated_mnist.json").write_text(json.dumps(report, indent=2, default=str))
-    plot_accuracy_vs_bytes(runs[0], OUT / "federated_mnist_accuracy_vs_bytes.png")
+    report = {"environment": environment(), "seeds": args.seeds[:len(runs)], "iterations": args.iterations,
+              "feddm_rounds": args.feddm_rounds, "codec": args.codec, "runs": runs, "dp_oneshot_eps1": dp_runs}
+    (OUT / f"{args.tag}.json").write_text(json.dumps(report, indent=2, default=str))
+    plot_accuracy_vs_bytes(runs[0], OUT / f"{args.tag}_accuracy_vs_bytes.png")
 
     def ms(values: list[float]) -> str:
         return f"{statistics.fmean(values):.4f} ± {statistics.pstdev(values) if len(values) > 1 else 0.0:.4f}"
@@ -85,7 +91,7 @@ def _write(args, runs, dp_runs) -> None:
         lines.append(f"| centralised | {ms(central)} | - |")
     if dp_runs:
         lines += ["", f"DP one-shot at epsilon 1 per client: {ms([r['final_accuracy'] for r in dp_runs])}"]
-    (OUT / "federated_mnist.md").write_text("\n".join(lines) + "\n")
+    (OUT / f"{args.tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

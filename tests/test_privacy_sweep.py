@@ -36,6 +36,7 @@ def test_separable_scores_give_a_large_bound():
     ({"methods": []}, ConfigError),
     ({"epsilons": [0.0]}, PrivacyError),
     ({"epsilons": [], "nodp": False}, ConfigError),
+    ({"audit_members": 0}, ConfigError),
     ({"privacy": PrivacyConfig(delta=2.0)}, PrivacyError),
     ({"privacy": PrivacyConfig(max_grad_norm=0.0)}, PrivacyError),
 ])

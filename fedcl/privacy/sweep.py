@@ -6,8 +6,8 @@ trained on the real data with Opacus), the sweep makes the release, evaluates it
 (``eval.models`` fresh models trained on the synthetic set, or the DP-SGD model itself),
 audits one model trained on it (with the audit on, ``audit_members`` training examples are
 held out of every release as the non-members; see ``fedcl.privacy.audit``), and writes
-``results.csv``, ``metrics.json``, ``privacy_utility.png`` and ``audit.md`` into one run folder. ``fedcl audit`` is the same
-run with the audit table as its purpose (same config).
+``results.csv``, ``metrics.json``, ``privacy_utility.png`` and ``audit.md`` into one run folder.
+``fedcl audit`` is the same run with the audit table as its purpose (same config).
 """
 
 from __future__ import annotations
@@ -78,6 +78,9 @@ def _validate(cfg: SweepConfig, num_examples: int | None = None) -> None:
         raise ConfigError("set epsilons=[...] for the sweep, not privacy.epsilon/privacy.noise_multiplier")
     if not cfg.epsilons and not cfg.nodp:
         raise ConfigError("nothing to run: epsilons is empty and nodp=false")
+    if cfg.audit and cfg.audit_members < 1:
+        raise ConfigError(f"audit_members must be >= 1 (members and held-out non-members each), got "
+                          f"{cfg.audit_members}; or audit=false")
     for eps in cfg.epsilons:  # the privacy block, checked before any work
         validate_privacy(_privacy(cfg, eps), num_examples)
 

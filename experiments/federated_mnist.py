@@ -38,6 +38,11 @@ def main() -> None:
     ap.add_argument("--feddm-rounds", type=int, default=3)
     ap.add_argument("--strategies", nargs="+", default=["oneshot", "fedavg", "feddm"])
     ap.add_argument("--dp", action="store_true", help="also a DP one-shot run at epsilon 1 per client")
+    ap.add_argument("--dp-iterations", type=int, default=0, help="DP run: dm iterations (0: --iterations)")
+    ap.add_argument("--dp-batch-real", type=int, default=0, help="DP run: real images per class per step (0: 256)")
+    ap.add_argument("--width", type=int, default=0, help="ConvNet width (0: 128, the model's default)")
+    ap.add_argument("--server-epochs", type=int, default=300,
+                    help="epochs the server trains on the union of summaries (DM's reference evaluation: 1000)")
     ap.add_argument("--codec", default="float32", help="summary codec: float32, float16, uint8")
     ap.add_argument("--no-centralised", dest="centralised", action="store_false",
                     help="skip the centralised reference (another part of the study has it)")
@@ -49,7 +54,8 @@ def main() -> None:
         cfg = FederatedConfig(dataset="mnist", data=DataConfig(root=args.root), num_clients=10, partition="dirichlet",
                               alpha=0.1, ipc=10, iterations=args.iterations, seed=seed, threads=args.threads,
                               strategies=list(args.strategies), rounds=20, feddm_rounds=args.feddm_rounds,
-                              server_epochs=300, central_epochs=30, centralised=False, codec=args.codec,
+                              server_epochs=args.server_epochs, central_epochs=30, centralised=False, codec=args.codec,
+                              width=args.width,
                               client_resources=ClientResources(num_cpus=args.client_cpus, num_gpus=0.0))
         # one strategy at a time, written after each, so a long run keeps what it finished
         run: dict = {"strategies": {}}
@@ -64,13 +70,17 @@ def main() -> None:
                 run.update({k: v for k, v in one.items() if k not in ("strategies", "seconds")})
             _write(args, runs, dp_runs)
         if args.dp:
-            dp = replace(cfg, strategies=["oneshot"], privacy=PrivacyConfig(epsilon=1.0, delta=1e-5))
+            dp = replace(cfg, strategies=["oneshot"], privacy=PrivacyConfig(epsilon=1.0, delta=1e-5),
+                         iterations=args.dp_iterations or cfg.iterations,
+                         batch_real=args.dp_batch_real or cfg.batch_real)
             dp_runs.append(run_federated(dp)["strategies"]["oneshot"])
             _write(args, runs, dp_runs)
 
 
 def _write(args, runs, dp_runs) -> None:
     report = {"environment": environment(), "seeds": args.seeds[:len(runs)], "iterations": args.iterations,
+              "width": args.width or 128, "server_epochs": args.server_epochs, "dp_iterations": args.dp_iterations or args.iterations,
+              "dp_batch_real": args.dp_batch_real or 256,
               "feddm_rounds": args.feddm_rounds, "codec": args.codec, "runs": runs, "dp_oneshot_eps1": dp_runs}
     (OUT / f"{args.tag}.json").write_text(json.dumps(report, indent=2, default=str))
     plot_accuracy_vs_bytes(runs[0], OUT / f"{args.tag}_accuracy_vs_bytes.png")

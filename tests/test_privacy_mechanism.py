@@ -120,6 +120,21 @@ def test_no_noise_no_clipping_reproduces_dm(digits):
     assert not torch.allclose(plain.images, noisy.images, atol=1e-2)
 
 
+def test_clamp_keeps_dp_images_in_the_pixel_range(digits):
+    # a huge image learning rate on a tiny owner: unclamped images leave the range, clamped ones never do
+    meta = {"dataset": "digits", "mean": list(digits.mean), "std": list(digits.std)}
+    lo = (0 - torch.tensor(digits.mean)) / torch.tensor(digits.std)
+    hi = (1 - torch.tensor(digits.mean)) / torch.tensor(digits.std)
+    x, y = digits.train_images[:200], digits.train_labels[:200]
+    out = {}
+    for clamp in (False, True):
+        dist = create_distiller("dm", iterations=3, batch_real=8, lr_img=1e4, **TINY)
+        out[clamp] = dist.distill(x, y, 1, meta=meta, privacy=PrivacyConfig(epsilon=1.0, delta=1e-3, clamp=clamp,
+                                                                             replay=1)).images
+    assert out[False].abs().max() > 2 * max(lo.abs().max(), hi.abs().max())
+    assert (out[True] >= lo.min() - 1e-5).all() and (out[True] <= hi.max() + 1e-5).all()
+
+
 def test_dp_never_starts_from_real_images(digits):
     dist = create_distiller("dm", iterations=1, batch_real=16, model_kwargs={"width": 8}, progress=False, init="real")
     with pytest.warns(UserWarning, match="init='real'"):

@@ -11,7 +11,7 @@ import torch
 
 from fedcl.errors import ConfigError, FedclError, PrivacyError
 from fedcl.privacy import PrivacyConfig
-from fedcl.privacy.audit import attack_metrics, empirical_epsilon, make_audit_data
+from fedcl.privacy.audit import attack_metrics, auc_standard_error, empirical_epsilon, make_audit_data
 from fedcl.privacy.sweep import SweepConfig, _validate, main
 
 
@@ -29,6 +29,17 @@ def test_separable_scores_give_a_large_bound():
     m = attack_metrics(scores, member)
     assert m["auc"] == 1.0 and m["tpr_at_1fpr"] == 1.0
     assert 3.0 < m["eps_lower_bound"] < empirical_epsilon(np.r_[scores, scores], np.r_[member, member]) + 1e-9
+
+
+def test_auc_standard_error_matches_the_spread_of_null_audits():
+    # 400 audits of a release that ignores membership: their AUCs scatter around 0.5 by the stated SE
+    rng = np.random.default_rng(2)
+    member = np.r_[np.ones(200), np.zeros(200)]
+    aucs = [attack_metrics(rng.normal(size=400), member)["auc"] for _ in range(400)]
+    se = auc_standard_error(0.5, 200, 200)
+    assert abs(np.mean(aucs) - 0.5) < 3 * se / np.sqrt(400)
+    assert 0.85 * se < np.std(aucs) < 1.15 * se
+    assert auc_standard_error(0.9, 200, 200) < se  # a far-from-chance AUC is known more precisely
 
 
 @pytest.mark.parametrize("over, err", [
@@ -82,3 +93,18 @@ def test_audit_non_members_are_held_out_of_the_release():
     assert len(members) == len(non_members) == 20  # capped at a fifth of the training set
     assert set(members) <= used and not set(non_members) & used
     assert len(used) == 80 and (d.shadow_x < 0).all()  # the shadow pool is the test set
+
+
+@pytest.mark.slow
+def test_sweep_with_real_reference_and_pipeline_shadows(tmp_path):
+    out = tmp_path / "run"
+    rc = main([f"out={out}", "epsilons=[4.0]", "nodp=false", "methods=[real,dm]", "iterations=2", "width=8",
+               "eval.models=2", "eval.epochs=2", "real_epochs=2", "audit_members=40", "audit_shadows=2",
+               "audit_shadow_pipeline=true"])
+    assert rc == 0
+    rows = json.loads((out / "metrics.json").read_text())["rows"]
+    # real runs once, without DP, even with nodp=false; dm only at the listed epsilon
+    assert [(r["method"], r["target_epsilon"]) for r in rows] == [("real", None), ("dm", 4.0)]
+    for r in rows:
+        assert 0.0 <= r["lira_auc"] <= 1.0 and 0.0 < r["lira_auc_se"] < 0.2
+    assert "± " in (out / "audit.md").read_text()

@@ -111,7 +111,8 @@ def _privacy(s: TaskSettings, context: Context, rounds: int):
     saved = context.state.config_records.get("privacy-ledger")
     ledger = (PrivacyLedger.from_dict(json.loads(str(saved["json"]))) if saved is not None
               else PrivacyLedger(epsilon=s.epsilon, delta=s.delta, owner=f"client-{context.node_id}"))
-    return PrivacyConfig(epsilon=s.epsilon / max(rounds, 1), delta=s.delta), ledger
+    # clamp: a small partition's noisy targets would otherwise pull its images without bound
+    return PrivacyConfig(epsilon=s.epsilon / max(rounds, 1), delta=s.delta, clamp=True), ledger
 
 
 def _spend(ledger, groups: list[dict], context: Context, server_round: int) -> float:

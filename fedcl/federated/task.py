@@ -36,6 +36,9 @@ class TaskSettings:
         dataset, data_root: what to load (``data_root`` "" means ``$FEDCL_DATA`` / ``./data``).
         partition, alpha, classes_per_client, seed: the federated split (and every other seed).
         method, ipc, iterations, batch_real, lr_img, min_class_images: client distillation.
+        dp_lr_img: ``dm`` image learning rate under DP (the private mechanism scales every
+            embedding to norm ``max_grad_norm``, so its gradients are ~100x smaller; the
+            privacy sweep's MNIST setting is 100).
         codec: summary codec (``float32``, ``float16``, ``uint8``).
         model, width: the network (``width`` 0 keeps the model's default).
         server_epochs: epochs the server trains on the union of summaries.
@@ -58,6 +61,7 @@ class TaskSettings:
     iterations: int = 200
     batch_real: int = 256
     lr_img: float = 1.0
+    dp_lr_img: float = 100.0
     min_class_images: int = 1
     codec: str = "float32"
     model: str = "convnet"
@@ -166,7 +170,8 @@ def distill_partition(s: TaskSettings, images: torch.Tensor, labels: torch.Tenso
     meta = {"dataset": data.name, "mean": list(data.mean), "std": list(data.std)}
     for k, classes in sorted(groups.items()):
         keep = torch.isin(labels, torch.tensor(classes))
-        opts: dict[str, Any] = {"iterations": s.iterations, "batch_real": s.batch_real, "lr_img": s.lr_img} \
+        lr_img = s.dp_lr_img if privacy is not None else s.lr_img
+        opts: dict[str, Any] = {"iterations": s.iterations, "batch_real": s.batch_real, "lr_img": lr_img} \
             if s.method in ("dm",) else {"iterations": s.iterations} if s.method in ("gm", "dsa") else {}
         distiller = create_distiller(s.method, model=s.model, model_kwargs=s.model_kwargs, device=s.device,
                                      seed=seed + k, progress=False, network_fn=network_fn, **opts)

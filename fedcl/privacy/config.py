@@ -36,6 +36,11 @@ class PrivacyConfig:
         replay: ``dm`` only: after the private steps, this many more passes over the stored
             (network, augmentation, noisy target) triples, one image update each. Pure
             post-processing of released values: more optimisation, no extra privacy cost.
+        clamp: ``dm`` only: after every image update, project the synthetic images onto the
+            valid pixel range (``[0, 1]`` before the dataset's normalisation; needs ``mean``
+            and ``std`` in the set's metadata). Post-processing, no privacy cost. Noisy
+            targets that no image can reach (a small data owner's) otherwise pull the images
+            without bound; the federated client turns it on.
     """
 
     epsilon: float | None = None
@@ -49,6 +54,7 @@ class PrivacyConfig:
     center: bool = True
     pool: bool = False
     replay: int = 4
+    clamp: bool = False
 
     @property
     def enabled(self) -> bool:

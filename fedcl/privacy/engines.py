@@ -87,6 +87,19 @@ def _embed(net: torch.nn.Module, x: torch.Tensor, pool: bool) -> torch.Tensor:
     return net.embed(x)
 
 
+def _pixel_box(engine: Distiller, syn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Per-channel bounds of normalised pixels, ``((0 - mean) / std, (1 - mean) / std)``, from the metadata."""
+    mean, std = engine._meta.get("mean"), engine._meta.get("std")
+    if mean is None or std is None:
+        warnings.warn("DP: clamp needs the dataset's mean and std in the metadata; images are not clamped",
+                      stacklevel=3)
+        return None
+    shape = (1, -1) + (1,) * (syn.dim() - 2)
+    m = torch.as_tensor(mean, dtype=syn.dtype, device=syn.device).reshape(shape)
+    s = torch.as_tensor(std, dtype=syn.dtype, device=syn.device).reshape(shape)
+    return -m / s, (1 - m) / s
+
+
 def distill_dm_private(engine: Distiller, real: ClassData, syn: torch.Tensor, syn_labels: torch.Tensor,
                        classes: list[int], gen: torch.Generator, privacy: PrivacyConfig,
                        callback: Callback | None) -> torch.Tensor:
@@ -111,6 +124,7 @@ def distill_dm_private(engine: Distiller, real: ClassData, syn: torch.Tensor, sy
     syn_group = group[syn_labels.cpu()]
     dev_group = group.to(real.device)
     released: list[tuple[torch.nn.Module, object, torch.Tensor, torch.Tensor | float]] = []
+    box = _pixel_box(engine, syn) if privacy.clamp else None
 
     def update(net: torch.nn.Module, params: object, target: torch.Tensor, ref: torch.Tensor | float) -> None:
         xs = aug(syn, params, syn_group) if aug else syn
@@ -119,6 +133,9 @@ def distill_dm_private(engine: Distiller, real: ClassData, syn: torch.Tensor, sy
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if box is not None:
+            with torch.no_grad():
+                syn.copy_(torch.maximum(torch.minimum(syn, box[1]), box[0]))
 
     total = engine.iterations * (1 + replay)
     for it in progress(range(total), desc=f"dp-dm {engine._meta.get('dataset', '')}", enabled=engine.progress):

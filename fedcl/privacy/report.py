@@ -28,6 +28,10 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 # over seeds; with one seed, the spread over evaluation models
                 item[f"{key}_std"] = (statistics.pstdev(vals) if len(vals) > 1
                                       else rs[0].get("accuracy_std", 0.0) if key == "accuracy" else 0.0)
+        for attack in ("loss", "lira"):  # sampling error of the mean AUC: independent audits per seed
+            ses = [r[f"{attack}_auc_se"] for r in rs if r.get(f"{attack}_auc_se") is not None]
+            if ses:
+                item[f"{attack}_auc_se"] = math.sqrt(sum(se * se for se in ses)) / len(ses)
         out.append(item)
     return out
 
@@ -38,17 +42,25 @@ def _fmt(v: Any, pct: bool = False) -> str:
     return f"{100 * v:.1f}" if pct else f"{v:.3f}"
 
 
+def _auc(s: dict[str, Any], attack: str) -> str:
+    se = s.get(f"{attack}_auc_se")
+    return _fmt(s.get(f"{attack}_auc")) + (f" ± {se:.3f}" if se is not None else "")
+
+
 def audit_table(summ: list[dict[str, Any]]) -> str:
-    """Markdown table: method, epsilon, accuracy, and each attack's AUC / TPR@1%FPR / eps lower bound."""
-    lines = ["| method | target ε | ε spent | test acc (%) | loss AUC | loss TPR@1%FPR | LiRA AUC | LiRA TPR@1%FPR "
-             "| ε lower bound (best attack) |", "|---|---|---|---|---|---|---|---|---|"]
+    """Markdown table: method, epsilon, accuracy, and each attack's AUC / TPR@1%FPR / eps lower bound.
+
+    An AUC reads ``mean ± SE``: the mean over seeds and the standard error of that mean from
+    the audited sample sizes (a release that ignores membership has AUC 0.5 ± SE)."""
+    lines = ["| method | target ε | ε spent | test acc (%) | loss AUC ± SE | loss TPR@1%FPR | LiRA AUC ± SE "
+             "| LiRA TPR@1%FPR | ε lower bound (best attack) |", "|---|---|---|---|---|---|---|---|---|"]
     for s in sorted(summ, key=lambda s: (s["method"], math.inf if s["target_epsilon"] is None
                                          else s["target_epsilon"])):
         eps = "no DP" if s["target_epsilon"] is None else f"{s['target_epsilon']:g}"
         lb = max(s.get("loss_eps_lower_bound", 0.0), s.get("lira_eps_lower_bound", 0.0))
         lines.append(f"| {s['method']} | {eps} | {_fmt(s.get('epsilon'))} | {_fmt(s.get('accuracy'), True)} ± "
-                     f"{_fmt(s.get('accuracy_std'), True)} | {_fmt(s.get('loss_auc'))} | "
-                     f"{_fmt(s.get('loss_tpr_at_1fpr'))} | {_fmt(s.get('lira_auc'))} | "
+                     f"{_fmt(s.get('accuracy_std'), True)} | {_auc(s, 'loss')} | "
+                     f"{_fmt(s.get('loss_tpr_at_1fpr'))} | {_auc(s, 'lira')} | "
                      f"{_fmt(s.get('lira_tpr_at_1fpr'))} | {lb:.2f} |")
     return "\n".join(lines) + "\n"
 

@@ -1,8 +1,9 @@
 """``fedcl privacy-sweep``: accuracy and membership-inference audit against epsilon, per method.
 
 For every seed, every epsilon in ``epsilons`` (and once without DP when ``nodp``) and
-every method (a DP distillation engine such as ``dm``/``dsa``, or ``dpsgd``: the model
-trained on the real data with Opacus), the sweep makes the release, evaluates it
+every method (a DP distillation engine such as ``dm``/``dsa``, ``dpsgd``: the model
+trained on the real data with Opacus, or ``real``: the same model trained without DP for
+``real_epochs``, the audit's reference for a model that saw the data), the sweep makes the release, evaluates it
 (``eval.models`` fresh models trained on the synthetic set, or the DP-SGD model itself),
 audits one model trained on it (with the audit on, ``audit_members`` training examples are
 held out of every release as the non-members; see ``fedcl.privacy.audit``), and writes
@@ -27,6 +28,9 @@ from fedcl.privacy.audit import audit_model, make_audit_data, shadow_logits, tra
 from fedcl.privacy.config import PrivacyConfig
 
 __all__ = ["SweepConfig", "audit_main", "main", "run_sweep"]
+
+BASELINES = ("dpsgd", "real")
+"""Methods that train the model on the real data (DP-SGD with Opacus, and plain SGD without DP)."""
 
 
 @dataclass
@@ -55,6 +59,8 @@ class SweepConfig:
     audit_members: int = 300
     audit_shadows: int = 4
     audit_shadow_size: int = 1000
+    audit_shadow_pipeline: bool = False
+    real_epochs: int = 20
     device: str = "auto"
     threads: int = 0
     out: str | None = None
@@ -70,8 +76,8 @@ def _validate(cfg: SweepConfig, num_examples: int | None = None) -> None:
     if not cfg.methods:
         raise ConfigError("methods is empty; e.g. methods=[dm,dsa,dpsgd]")
     for m in cfg.methods:
-        if m != "dpsgd" and m not in list_distillers():
-            raise ConfigError(f"unknown method {m!r}; valid: dpsgd, {', '.join(list_distillers())}")
+        if m not in BASELINES and m not in list_distillers():
+            raise ConfigError(f"unknown method {m!r}; valid: {', '.join(BASELINES)}, {', '.join(list_distillers())}")
     if any(e <= 0 for e in cfg.epsilons):
         raise PrivacyError(f"every epsilon must be > 0, got {cfg.epsilons}")
     if cfg.privacy.epsilon is not None or cfg.privacy.noise_multiplier is not None:
@@ -117,6 +123,11 @@ def _release(cfg: SweepConfig, method: str, eps: float | None, seed: int, data: 
 
     priv = _privacy(cfg, eps)
     t0 = time.perf_counter()
+    if method == "real":  # no DP: the membership reference, trained to fit its data
+        net = _blank(cfg, data, dev)
+        _fit(net, *train, cfg, seed, dev, epochs=cfg.real_epochs)
+        acc = accuracy(net, data.test_images, data.test_labels, device=dev)
+        return [net], [acc], None, time.perf_counter() - t0
     if method == "dpsgd":
         res = train_dpsgd(*train, data.num_classes, privacy=priv, model=cfg.model,
                           model_kwargs={"width": cfg.width}, epochs=cfg.dpsgd_epochs,
@@ -165,14 +176,18 @@ def run_sweep(cfg: SweepConfig, folder: Path, log: Any = print) -> dict[str, Any
         if cfg.audit:
             audit_data = make_audit_data(data.train_images, data.train_labels, data.test_images, data.test_labels,
                                          n=cfg.audit_members, seed=seed)
-            shadows = train_shadows(audit_data, lambda: _blank(cfg, data, dev),
-                                    lambda m, x, y, _s=seed: _fit(m, x, y, cfg, _s, dev), k=cfg.audit_shadows,
-                                    size=cfg.audit_shadow_size, seed=seed)
-            shadow_phi = shadow_logits(audit_data, shadows)
+            if not cfg.audit_shadow_pipeline:  # else each row gets its own (below)
+                shadows = train_shadows(audit_data, lambda: _blank(cfg, data, dev),
+                                        lambda m, x, y, _s=seed: _fit(m, x, y, cfg, _s, dev), k=cfg.audit_shadows,
+                                        size=cfg.audit_shadow_size, seed=seed)
+                shadow_phi = shadow_logits(audit_data, shadows)
             train = (data.train_images[audit_data.keep], data.train_labels[audit_data.keep])
         for method in cfg.methods:
-            for eps in settings:
+            for eps in ([None] if method == "real" else settings):
                 models, accs, record, secs = _release(cfg, method, eps, seed, data, dev, train)
+                row_shadows = shadow_phi
+                if audit_data is not None and cfg.audit_shadow_pipeline:
+                    row_shadows = _pipeline_shadows(cfg, method, eps, seed, data, dev, audit_data, len(train[1]))
                 row = {"method": method, "target_epsilon": eps, "seed": seed,
                        "accuracy": statistics.fmean(accs), "accuracy_std": statistics.pstdev(accs) if len(accs) > 1
                        else 0.0, "n_models": len(accs), "epsilon": record["epsilon"] if record else None,
@@ -180,7 +195,7 @@ def run_sweep(cfg: SweepConfig, folder: Path, log: Any = print) -> dict[str, Any
                        "sample_rate": record["sample_rate"] if record else None,
                        "steps": record["steps"] if record else None, "release_seconds": secs, "privacy": record}
                 if audit_data is not None:
-                    for attack, res in audit_model(models[0], audit_data, shadow_phi, cfg.privacy.delta).items():
+                    for attack, res in audit_model(models[0], audit_data, row_shadows, cfg.privacy.delta).items():
                         for k, v in res.items():
                             row[f"{attack}_{k}"] = v
                 row["train_size"] = int(len(train[1]))
@@ -200,10 +215,29 @@ def _blank(cfg: SweepConfig, data: Any, dev: torch.device) -> torch.nn.Module:
     return create_model(cfg.model, data.image_shape, data.num_classes, width=cfg.width).to(dev)
 
 
-def _fit(m: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SweepConfig, seed: int, dev: torch.device) -> None:
+def _pipeline_shadows(cfg: SweepConfig, method: str, eps: float | None, seed: int, data: Any, dev: torch.device,
+                      audit_data: Any, size: int) -> Any:
+    """Shadow scores made by the target's own pipeline (same method, same epsilon) on pool samples.
+
+    Each shadow release uses ``size`` pool examples (the target's training size, capped at
+    the pool) and a seed of its own; releases repeat until ``audit_shadows`` models exist
+    (one release of a synthetic set gives ``eval.models`` of them)."""
+    gen = torch.Generator().manual_seed(seed + 4242)
+    models: list[torch.nn.Module] = []
+    k = 0
+    while len(models) < max(2, cfg.audit_shadows):
+        k += 1
+        idx = torch.randperm(len(audit_data.shadow_y), generator=gen)[:size]
+        ms, *_ = _release(cfg, method, eps, seed + 7919 * k, data, dev, (audit_data.shadow_x[idx], audit_data.shadow_y[idx]))
+        models += ms
+    return shadow_logits(audit_data, models)
+
+
+def _fit(m: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SweepConfig, seed: int, dev: torch.device,
+         epochs: int | None = None) -> None:
     from fedcl.train import train_model
 
-    train_model(m, x, y, epochs=cfg.dpsgd_epochs, lr=cfg.dpsgd_lr, weight_decay=0.0, batch_size=cfg.dpsgd_batch_size,
+    train_model(m, x, y, epochs=epochs or cfg.dpsgd_epochs, lr=cfg.dpsgd_lr, weight_decay=0.0, batch_size=cfg.dpsgd_batch_size,
                 lr_decay=False, generator=torch.Generator().manual_seed(seed + 5), device=dev)
 
 

@@ -59,3 +59,22 @@ def test_bad_partition_arguments(kwargs: dict, match: str) -> None:
 def test_many_clients_with_a_small_alpha_still_draw() -> None:
     parts = partition_indices(LABELS, 100, "dirichlet", seed=0, alpha=0.1)  # falls back to smaller minimum sizes
     assert len(parts) == 100 and sum(len(p) for p in parts) == len(LABELS)
+
+
+def test_dp_clients_summarise_only_classes_large_enough_for_their_noise() -> None:
+    import torch
+
+    from fedcl.data import load_dataset
+    from fedcl.federated.task import TaskSettings, distill_partition
+    from fedcl.privacy import PrivacyConfig
+
+    data = load_dataset("digits")
+    # a client with 120 images of class 0 and 20 of class 1
+    idx = torch.cat([torch.nonzero(data.train_labels == 0)[:120, 0], torch.nonzero(data.train_labels == 1)[:20, 0]])
+    images, labels = data.train_images[idx], data.train_labels[idx]
+    s = TaskSettings(ipc=2, iterations=2, batch_real=8, width=8, dp_min_class_images=100)
+    _, y, _ = distill_partition(s, images, labels, data, seed=0)
+    assert sorted(set(y.tolist())) == [0, 1]  # without DP every class it holds
+    _, y, groups = distill_partition(s, images, labels, data, seed=0,
+                                     privacy=PrivacyConfig(epsilon=1.0, delta=1e-3, clamp=True))
+    assert sorted(set(y.tolist())) == [0] and groups[0]["privacy"]["epsilon"] <= 1.0

@@ -37,6 +37,9 @@ class FederatedConfig:
     ``privacy.epsilon`` makes each client's summary DP at that epsilon (per client, all rounds).
     ``round_timeout`` (seconds) bounds a round: a summary round is a whole distillation per
     client, so it is generous; a client still busy at the timeout counts as a dropped summary.
+    Client distillation (``method``, ``ipc``, ``iterations``, ``batch_real``, ``lr_img``, and
+    under DP ``dp_lr_img`` and ``dp_min_class_images``) is described in
+    :class:`fedcl.federated.task.TaskSettings`.
     """
 
     dataset: str = "digits"
@@ -53,6 +56,7 @@ class FederatedConfig:
     batch_real: int = 256
     lr_img: float = 1.0
     dp_lr_img: float = 100.0
+    dp_min_class_images: int = 100
     codec: str = "float32"
     model: str = "convnet"
     width: int = 0
@@ -114,7 +118,7 @@ def run_config(cfg: FederatedConfig, strategy: str) -> dict[str, Any]:
         "data-root": cfg.data.root or "", "partition": cfg.partition, "alpha": float(cfg.alpha),
         "classes-per-client": cfg.classes_per_client, "seed": cfg.seed, "method": cfg.method, "ipc": cfg.ipc,
         "iterations": cfg.iterations, "batch-real": cfg.batch_real, "lr-img": float(cfg.lr_img),
-        "dp-lr-img": float(cfg.dp_lr_img), "codec": cfg.codec, "model": cfg.model, "width": cfg.width,
+        "dp-lr-img": float(cfg.dp_lr_img), "dp-min-class-images": cfg.dp_min_class_images, "codec": cfg.codec, "model": cfg.model, "width": cfg.width,
         "server-epochs": cfg.server_epochs, "local-epochs": cfg.local_epochs, "lr": float(cfg.lr),
         "device": cfg.device, "fault": cfg.fault, "epsilon": float(cfg.privacy.epsilon or 0.0),
         "delta": float(cfg.privacy.delta), "client-threads": cfg.threads, "server-threads": cfg.threads,

@@ -36,6 +36,11 @@ class TaskSettings:
         dataset, data_root: what to load (``data_root`` "" means ``$FEDCL_DATA`` / ``./data``).
         partition, alpha, classes_per_client, seed: the federated split (and every other seed).
         method, ipc, iterations, batch_real, lr_img, min_class_images: client distillation.
+        dp_min_class_images: under DP, classes with fewer images are left out (instead of
+            ``min_class_images``). Class sizes are public facts in fedcl's DP model (the
+            mechanism divides by the expected batch of each class), and the noise of a class
+            mean grows as its size shrinks: a few images give a pure-noise summary that would
+            only pollute the server's union.
         dp_lr_img: ``dm`` image learning rate under DP (the private mechanism scales every
             embedding to norm ``max_grad_norm``, so its gradients are ~100x smaller; the
             privacy sweep's MNIST setting is 100).
@@ -62,6 +67,7 @@ class TaskSettings:
     batch_real: int = 256
     lr_img: float = 1.0
     dp_lr_img: float = 100.0
+    dp_min_class_images: int = 100
     min_class_images: int = 1
     codec: str = "float32"
     model: str = "convnet"
@@ -152,7 +158,8 @@ def distill_partition(s: TaskSettings, images: torch.Tensor, labels: torch.Tenso
                       privacy: Any = None) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, Any]]]:
     """Distill one client's data: ``min(ipc, n_c)`` images for each class ``c`` it holds.
 
-    Classes with fewer than ``min_class_images`` images are left out. The engine takes one
+    Classes with fewer than ``min_class_images`` images (``dp_min_class_images`` under DP)
+    are left out. The engine takes one
     ``ipc`` for all classes, so classes are grouped by their clipped ipc and each group is
     distilled on its own (the groups hold disjoint data, so under DP their epsilons compose
     in parallel: the client's epsilon is the largest group's).
@@ -162,9 +169,10 @@ def distill_partition(s: TaskSettings, images: torch.Tensor, labels: torch.Tenso
     """
     counts = torch.bincount(labels, minlength=data.num_classes)
     groups: dict[int, list[int]] = {}
+    min_images = s.dp_min_class_images if privacy is not None else s.min_class_images
     for c in range(data.num_classes):
         n = int(counts[c])
-        if n >= max(1, s.min_class_images):
+        if n >= max(1, min_images):
             groups.setdefault(min(s.ipc, n), []).append(c)
     xs, ys, info = [], [], []
     meta = {"dataset": data.name, "mean": list(data.mean), "std": list(data.std)}

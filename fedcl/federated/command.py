@@ -95,7 +95,8 @@ def _validate(cfg: FederatedConfig) -> None:
         raise ConfigError(f"unknown method {cfg.method!r}; valid: {', '.join(list_distillers())}")
     if not cfg.round_timeout > 0:
         raise ConfigError(f"round_timeout must be > 0 seconds, got {cfg.round_timeout}")
-    for key in ("num_clients", "rounds", "feddm_rounds", "ipc", "iterations", "batch_real", "min_summaries", "threads"):
+    for key in ("num_clients", "rounds", "feddm_rounds", "ipc", "iterations", "batch_real", "min_summaries",
+                "threads"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be at least 1, got {getattr(cfg, key)}")
     if cfg.privacy.noise_multiplier is not None:
@@ -118,7 +119,8 @@ def run_config(cfg: FederatedConfig, strategy: str) -> dict[str, Any]:
         "data-root": cfg.data.root or "", "partition": cfg.partition, "alpha": float(cfg.alpha),
         "classes-per-client": cfg.classes_per_client, "seed": cfg.seed, "method": cfg.method, "ipc": cfg.ipc,
         "iterations": cfg.iterations, "batch-real": cfg.batch_real, "lr-img": float(cfg.lr_img),
-        "dp-lr-img": float(cfg.dp_lr_img), "dp-min-class-images": cfg.dp_min_class_images, "codec": cfg.codec, "model": cfg.model, "width": cfg.width,
+        "dp-lr-img": float(cfg.dp_lr_img), "dp-min-class-images": cfg.dp_min_class_images, "codec": cfg.codec,
+        "model": cfg.model, "width": cfg.width,
         "server-epochs": cfg.server_epochs, "local-epochs": cfg.local_epochs, "lr": float(cfg.lr),
         "device": cfg.device, "fault": cfg.fault, "epsilon": float(cfg.privacy.epsilon or 0.0),
         "delta": float(cfg.privacy.delta), "client-threads": cfg.threads, "server-threads": cfg.threads,

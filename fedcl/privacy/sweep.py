@@ -3,7 +3,8 @@
 For every seed, every epsilon in ``epsilons`` (and once without DP when ``nodp``) and
 every method (a DP distillation engine such as ``dm``/``dsa``, ``dpsgd``: the model
 trained on the real data with Opacus, or ``real``: the same model trained without DP for
-``real_epochs``, the audit's reference for a model that saw the data), the sweep makes the release, evaluates it
+``real_epochs``, the audit's reference for a model that saw the data, run once per seed),
+the sweep makes the release, evaluates it
 (``eval.models`` fresh models trained on the synthetic set, or the DP-SGD model itself),
 audits one model trained on it (with the audit on, ``audit_members`` training examples are
 held out of every release as the non-members; see ``fedcl.privacy.audit``), and writes
@@ -228,7 +229,8 @@ def _pipeline_shadows(cfg: SweepConfig, method: str, eps: float | None, seed: in
     while len(models) < max(2, cfg.audit_shadows):
         k += 1
         idx = torch.randperm(len(audit_data.shadow_y), generator=gen)[:size]
-        ms, *_ = _release(cfg, method, eps, seed + 7919 * k, data, dev, (audit_data.shadow_x[idx], audit_data.shadow_y[idx]))
+        pool = (audit_data.shadow_x[idx], audit_data.shadow_y[idx])
+        ms, *_ = _release(cfg, method, eps, seed + 7919 * k, data, dev, pool)
         models += ms
     return shadow_logits(audit_data, models)
 

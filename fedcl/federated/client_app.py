@@ -111,8 +111,9 @@ def _privacy(s: TaskSettings, context: Context, rounds: int):
     saved = context.state.config_records.get("privacy-ledger")
     ledger = (PrivacyLedger.from_dict(json.loads(str(saved["json"]))) if saved is not None
               else PrivacyLedger(epsilon=s.epsilon, delta=s.delta, owner=f"client-{context.node_id}"))
-    # clamp: a small partition's noisy targets would otherwise pull its images without bound
-    return PrivacyConfig(epsilon=s.epsilon / max(rounds, 1), delta=s.delta, clamp=True), ledger
+    return PrivacyConfig(epsilon=s.epsilon / max(rounds, 1), delta=s.delta, max_grad_norm=s.max_grad_norm,
+                         accountant=s.accountant, normalize=s.dp_normalize, center=s.dp_center, pool=s.dp_pool,
+                         replay=s.dp_replay, clamp=s.dp_clamp, secure_mode=s.secure_mode), ledger
 
 
 def _spend(ledger, groups: list[dict], context: Context, server_round: int) -> float:

@@ -34,7 +34,9 @@ class FederatedConfig:
     """``fedcl federated``: strategies compared on one federated split.
 
     ``rounds`` applies to ``fedavg``; ``feddm_rounds`` to ``feddm``; ``oneshot`` is one round.
-    ``privacy.epsilon`` makes each client's summary DP at that epsilon (per client, all rounds).
+    ``privacy.epsilon`` makes each client's summary DP at that epsilon (per client, all rounds);
+    the rest of the ``privacy`` block (clipping bound, accountant, the ``dm`` options) goes to
+    every client as it is.
     ``round_timeout`` (seconds) bounds a round: a summary round is a whole distillation per
     client, so it is generous; a client still busy at the timeout counts as a dropped summary.
     Client distillation (``method``, ``ipc``, ``iterations``, ``batch_real``, ``lr_img``, and
@@ -101,6 +103,9 @@ def _validate(cfg: FederatedConfig) -> None:
             raise ConfigError(f"{key} must be at least 1, got {getattr(cfg, key)}")
     if cfg.privacy.noise_multiplier is not None:
         raise ConfigError("federated DP is set by privacy.epsilon (per client); privacy.noise_multiplier is not supported")
+    if cfg.privacy.sample_rate is not None:
+        raise ConfigError("federated DP samples at batch_real / class size on each client; set batch_real, "
+                          "not privacy.sample_rate")
     if cfg.privacy.epsilon is not None and not cfg.privacy.epsilon > 0:
         raise ConfigError(f"privacy.epsilon must be > 0, got {cfg.privacy.epsilon}")
     if cfg.privacy.epsilon is not None and "fedavg" in cfg.strategies:
@@ -123,7 +128,10 @@ def run_config(cfg: FederatedConfig, strategy: str) -> dict[str, Any]:
         "model": cfg.model, "width": cfg.width,
         "server-epochs": cfg.server_epochs, "local-epochs": cfg.local_epochs, "lr": float(cfg.lr),
         "device": cfg.device, "fault": cfg.fault, "epsilon": float(cfg.privacy.epsilon or 0.0),
-        "delta": float(cfg.privacy.delta), "client-threads": cfg.threads, "server-threads": cfg.threads,
+        "delta": float(cfg.privacy.delta), "max-grad-norm": float(cfg.privacy.max_grad_norm),
+        "accountant": cfg.privacy.accountant, "dp-normalize": bool(cfg.privacy.normalize),
+        "dp-center": bool(cfg.privacy.center), "dp-pool": bool(cfg.privacy.pool), "dp-replay": int(cfg.privacy.replay),
+        "dp-clamp": bool(cfg.privacy.clamp), "secure-mode": bool(cfg.privacy.secure_mode), "client-threads": cfg.threads, "server-threads": cfg.threads,
     }
 
 

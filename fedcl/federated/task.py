@@ -50,6 +50,8 @@ class TaskSettings:
         local_epochs, lr, batch_size: FedAvg local training (and server training lr).
         rho: FedDM perturbation of the global model (relative std of the noise).
         epsilon, delta: DP per client (epsilon 0 means no DP).
+        max_grad_norm, accountant, secure_mode, dp_normalize, dp_center, dp_pool, dp_replay, dp_clamp: the
+            rest of the client's DP block (:class:`fedcl.privacy.PrivacyConfig`'s fields).
         device: ``auto``, ``cpu``, ``cuda``.
         fault: test hook, ``"PID:KIND,..."`` makes partition PID send a bad summary
             (KIND: ``nan``, ``shape``, ``labels``, ``oversize``, ``dtype``).
@@ -79,6 +81,14 @@ class TaskSettings:
     rho: float = 0.05
     epsilon: float = 0.0
     delta: float = 1e-5
+    max_grad_norm: float = 1.0
+    accountant: str = "rdp"
+    dp_normalize: bool = True
+    dp_center: bool = True
+    dp_pool: bool = False
+    dp_replay: int = 4
+    dp_clamp: bool = False
+    secure_mode: bool = False
     device: str = "cpu"
     fault: str = ""
 

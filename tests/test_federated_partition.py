@@ -78,3 +78,30 @@ def test_dp_clients_summarise_only_classes_large_enough_for_their_noise() -> Non
     _, y, groups = distill_partition(s, images, labels, data, seed=0,
                                      privacy=PrivacyConfig(epsilon=1.0, delta=1e-3, clamp=True))
     assert sorted(set(y.tolist())) == [0] and groups[0]["privacy"]["epsilon"] <= 1.0
+
+
+def test_run_config_carries_the_privacy_block_and_matches_the_app_defaults() -> None:
+    import tomllib
+    from pathlib import Path
+
+    from fedcl.federated.client_app import _privacy
+    from fedcl.federated.command import FederatedConfig, run_config
+    from fedcl.federated.task import TaskSettings
+    from fedcl.privacy import PrivacyConfig
+
+    priv = PrivacyConfig(epsilon=2.0, delta=1e-6, max_grad_norm=0.5, accountant="prv", pool=True, replay=2,
+                         clamp=True, center=False)
+    rc = run_config(FederatedConfig(privacy=priv, strategies=["oneshot"]), "oneshot")
+    app = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    task_keys = {k for k in TaskSettings().to_record() if k != "data-root"}
+    assert task_keys <= set(app), sorted(task_keys - set(app))  # `flwr run .` gets every task setting
+    s = TaskSettings.from_record(rc)
+
+    class Ctx:  # the two attributes _privacy reads
+        state = type("S", (), {"config_records": {}})()
+        node_id = 1
+
+    got, ledger = _privacy(s, Ctx(), rounds=1)
+    assert (got.epsilon, got.delta, got.max_grad_norm, got.accountant) == (2.0, 1e-6, 0.5, "prv")
+    assert (got.pool, got.replay, got.clamp, got.center, got.normalize) == (True, 2, True, False, True)
+    assert ledger.epsilon == 2.0

@@ -161,6 +161,9 @@ def main() -> int:
                      f"{cfg['audit_shadows']} models trained on {cfg['audit_shadow_size']} test images")
                   + (f"; `real` = the ConvNet trained on the real data without DP for {cfg.get('real_epochs')} epochs"
                      if "real" in cfg["methods"] else "") + ".", "",
+                  *(["One process per seed, merged by `experiments/merge_sweeps.py` from "
+                     + ", ".join(f"`{Path(x).name}/`" for x in m["merged_from"]) + ".", ""]
+                    if m.get("merged_from") else []),
                   "± is the std over seeds, or over evaluation models when there is one seed; for AUCs, the "
                   "standard error of the mean (above).", "",
                   audit_table(m["summary"]), f"![privacy/utility]({name}/privacy_utility.png)", ""]

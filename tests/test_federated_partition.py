@@ -81,14 +81,16 @@ def test_dp_clients_summarise_only_classes_large_enough_for_their_noise() -> Non
 
 
 def test_run_config_carries_the_privacy_block_and_matches_the_app_defaults() -> None:
-    import tomllib
     from pathlib import Path
+
+    import pytest
 
     from fedcl.federated.client_app import _privacy
     from fedcl.federated.command import FederatedConfig, run_config
     from fedcl.federated.task import TaskSettings
     from fedcl.privacy import PrivacyConfig
 
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     priv = PrivacyConfig(epsilon=2.0, delta=1e-6, max_grad_norm=0.5, accountant="prv", pool=True, replay=2,
                          clamp=True, center=False)
     rc = run_config(FederatedConfig(privacy=priv, strategies=["oneshot"]), "oneshot")

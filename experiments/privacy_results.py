@@ -149,7 +149,9 @@ def main() -> int:
                   f"(batch_real {cfg['batch_real']}; DP: {cfg['privacy'].get('replay', 0)} replay passes, "
                   f"normalize {cfg['privacy'].get('normalize', False)}, center {cfg['privacy'].get('center', False)}), "
                   f"evaluation: {cfg['eval']['models']} models x {cfg['eval']['epochs']} epochs. "
-                  f"Total wall time {m['total_seconds'] / 60:.1f} min"
+                  + (f"Wall time summed over its {len(m['merged_from'])} processes (they ran side by side): "
+                     if m.get("merged_from") else "Total wall time ")
+                  + f"{m['total_seconds'] / 60:.1f} min"
                   f"{' (issue: under 10 minutes on a 2-core CPU)' if name == 'privacy_digits' else ''}.", "",
                   *(["Run in parallel parts (same settings unless their config.yaml says otherwise): "
                      + ", ".join(f"`{k}/` ({v:.1f} min wall)" for k, v in m["part_minutes"].items()), ""]

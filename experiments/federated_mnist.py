@@ -40,7 +40,8 @@ def main() -> None:
                     help="non-DP strategies (none: only the --dp run)")
     ap.add_argument("--dp", action="store_true", help="also a DP one-shot run at epsilon 1 per client")
     ap.add_argument("--dp-iterations", type=int, default=0, help="DP run: dm iterations (0: --iterations)")
-    ap.add_argument("--dp-batch-real", type=int, default=0, help="DP run: real images per class per step (0: 256)")
+    ap.add_argument("--dp-batch-real", type=int, default=0,
+                    help="DP run: real images per class per step (0: FederatedConfig's batch_real)")
     ap.add_argument("--width", type=int, default=0, help="ConvNet width (0: 128, the model's default)")
     ap.add_argument("--server-epochs", type=int, default=300,
                     help="epochs the server trains on the union of summaries (DM's reference evaluation: 1000)")
@@ -55,8 +56,8 @@ def main() -> None:
         cfg = FederatedConfig(dataset="mnist", data=DataConfig(root=args.root), num_clients=10, partition="dirichlet",
                               alpha=0.1, ipc=10, iterations=args.iterations, seed=seed, threads=args.threads,
                               strategies=list(args.strategies), rounds=20, feddm_rounds=args.feddm_rounds,
-                              server_epochs=args.server_epochs, central_epochs=30, centralised=False, codec=args.codec,
-                              width=args.width,
+                              server_epochs=args.server_epochs, central_epochs=30, centralised=False,
+                              codec=args.codec, width=args.width,
                               client_resources=ClientResources(num_cpus=args.client_cpus, num_gpus=0.0))
         # one strategy at a time, written after each, so a long run keeps what it finished
         run: dict = {"strategies": {}}
@@ -80,8 +81,9 @@ def main() -> None:
 
 def _write(args, runs, dp_runs) -> None:
     report = {"environment": environment(), "seeds": args.seeds[:len(runs)], "iterations": args.iterations,
-              "width": args.width or 128, "server_epochs": args.server_epochs, "dp_iterations": args.dp_iterations or args.iterations,
-              "dp_batch_real": args.dp_batch_real or 256,
+              "width": args.width or 128, "server_epochs": args.server_epochs,
+              "dp_iterations": args.dp_iterations or args.iterations,
+              "dp_batch_real": args.dp_batch_real or FederatedConfig().batch_real,
               "feddm_rounds": args.feddm_rounds, "codec": args.codec, "runs": runs, "dp_oneshot_eps1": dp_runs}
     (OUT / f"{args.tag}.json").write_text(json.dumps(report, indent=2, default=str))
     if not runs[0]["strategies"]:  # a DP-only study

@@ -130,8 +130,9 @@ def run_config(cfg: FederatedConfig, strategy: str) -> dict[str, Any]:
         "device": cfg.device, "fault": cfg.fault, "epsilon": float(cfg.privacy.epsilon or 0.0),
         "delta": float(cfg.privacy.delta), "max-grad-norm": float(cfg.privacy.max_grad_norm),
         "accountant": cfg.privacy.accountant, "dp-normalize": bool(cfg.privacy.normalize),
-        "dp-center": bool(cfg.privacy.center), "dp-pool": bool(cfg.privacy.pool), "dp-replay": int(cfg.privacy.replay),
-        "dp-clamp": bool(cfg.privacy.clamp), "secure-mode": bool(cfg.privacy.secure_mode), "client-threads": cfg.threads, "server-threads": cfg.threads,
+        "dp-center": bool(cfg.privacy.center), "dp-pool": bool(cfg.privacy.pool),
+        "dp-replay": int(cfg.privacy.replay), "dp-clamp": bool(cfg.privacy.clamp),
+        "secure-mode": bool(cfg.privacy.secure_mode), "client-threads": cfg.threads, "server-threads": cfg.threads,
     }
 
 

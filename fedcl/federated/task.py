@@ -186,11 +186,11 @@ def distill_partition(s: TaskSettings, images: torch.Tensor, labels: torch.Tenso
             groups.setdefault(min(s.ipc, n), []).append(c)
     xs, ys, info = [], [], []
     meta = {"dataset": data.name, "mean": list(data.mean), "std": list(data.std)}
+    lr_img = s.dp_lr_img if privacy is not None else s.lr_img
+    opts: dict[str, Any] = {"iterations": s.iterations, "batch_real": s.batch_real, "lr_img": lr_img} \
+        if s.method in ("dm",) else {"iterations": s.iterations} if s.method in ("gm", "dsa") else {}
     for k, classes in sorted(groups.items()):
         keep = torch.isin(labels, torch.tensor(classes))
-        lr_img = s.dp_lr_img if privacy is not None else s.lr_img
-        opts: dict[str, Any] = {"iterations": s.iterations, "batch_real": s.batch_real, "lr_img": lr_img} \
-            if s.method in ("dm",) else {"iterations": s.iterations} if s.method in ("gm", "dsa") else {}
         distiller = create_distiller(s.method, model=s.model, model_kwargs=s.model_kwargs, device=s.device,
                                      seed=seed + k, progress=False, network_fn=network_fn, **opts)
         syn = distiller.distill(images[keep], labels[keep], k, num_classes=data.num_classes, privacy=privacy, meta=meta)

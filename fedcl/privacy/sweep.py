@@ -20,12 +20,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from fedcl.config import DataConfig, EvalConfig, load_config
 from fedcl.errors import ConfigError, PrivacyError
 from fedcl.privacy.accounting import validate_privacy
-from fedcl.privacy.audit import audit_model, make_audit_data, shadow_logits, train_shadows
+from fedcl.privacy.audit import AuditData, audit_model, make_audit_data, shadow_logits, train_shadows
 from fedcl.privacy.config import PrivacyConfig
 
 __all__ = ["SweepConfig", "audit_main", "main", "run_sweep"]
@@ -217,7 +218,7 @@ def _blank(cfg: SweepConfig, data: Any, dev: torch.device) -> torch.nn.Module:
 
 
 def _pipeline_shadows(cfg: SweepConfig, method: str, eps: float | None, seed: int, data: Any, dev: torch.device,
-                      audit_data: Any, size: int) -> Any:
+                      audit_data: AuditData, size: int) -> np.ndarray:
     """Shadow scores made by the target's own pipeline (same method, same epsilon) on pool samples.
 
     Each shadow release uses ``size`` pool examples (the target's training size, capped at
@@ -239,8 +240,8 @@ def _fit(m: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SweepConfig,
          epochs: int | None = None) -> None:
     from fedcl.train import train_model
 
-    train_model(m, x, y, epochs=epochs or cfg.dpsgd_epochs, lr=cfg.dpsgd_lr, weight_decay=0.0, batch_size=cfg.dpsgd_batch_size,
-                lr_decay=False, generator=torch.Generator().manual_seed(seed + 5), device=dev)
+    train_model(m, x, y, epochs=epochs or cfg.dpsgd_epochs, lr=cfg.dpsgd_lr, weight_decay=0.0,
+                batch_size=cfg.dpsgd_batch_size, lr_decay=False, generator=torch.Generator().manual_seed(seed + 5), device=dev)
 
 
 def main(argv: list[str]) -> int:

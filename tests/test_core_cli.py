@@ -91,3 +91,17 @@ def test_console_script_exits_nonzero_without_traceback(tmp_path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["fedcl: error: unknown dataset 'nope'; valid: cifar10, cifar100, "
                                                 "digits, fashion_mnist, mnist, svhn"]
+
+
+@pytest.mark.parametrize(("command", "args", "message"), [
+    ("federated", ["privacy.epsilon=1", "privacy.sample_rate=0.1"], "set batch_real, not privacy.sample_rate"),
+    ("federated", ["batch_real=0"], "batch_real must be at least 1"),
+    ("privacy-sweep", ["methods=[reel]"], "unknown method 'reel'; valid: dpsgd, real"),
+])
+def test_bad_federated_and_sweep_input_is_one_clear_line(command, args, message, tmp_path, capsys) -> None:
+    out = tmp_path / "never"
+    assert main([command, *args, f"out={out}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fedcl: error:") and message in err, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["accuracy", "train_model"]
+__all__ = ["accuracy", "class_accuracy", "predict", "train_model"]
 
 Augment = Callable[[torch.Tensor], torch.Tensor]
 
@@ -58,15 +58,29 @@ def train_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 1024,
-             device: torch.device | str | None = None) -> float:
-    """Fraction of ``images`` that ``model`` classifies as ``labels`` (in [0, 1])."""
+def predict(model: nn.Module, images: torch.Tensor, *, batch_size: int = 1024,
+            device: torch.device | str | None = None) -> torch.Tensor:
+    """The class ``model`` predicts for each of ``images`` (a CPU tensor of ints), in eval mode."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
-    correct = 0
-    for start in range(0, images.shape[0], batch_size):
-        xb = images[start:start + batch_size].to(device)
-        correct += int((model(xb).argmax(1) == labels[start:start + batch_size].to(device)).sum())
+    out = [model(images[start:start + batch_size].to(device)).argmax(1).cpu()
+           for start in range(0, images.shape[0], batch_size)]
     model.train(was_training)
-    return correct / max(images.shape[0], 1)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 1024,
+             device: torch.device | str | None = None) -> float:
+    """Fraction of ``images`` that ``model`` classifies as ``labels`` (in [0, 1])."""
+    pred = predict(model, images, batch_size=batch_size, device=device)
+    return int((pred == labels.cpu()).sum()) / max(images.shape[0], 1)
+
+
+def class_accuracy(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float]:
+    """Per-class recall: for each class, the fraction of its examples predicted as that class
+    (NaN for a class with no examples). Shows which classes a model trained on summaries misses."""
+    labels = labels.cpu()
+    hits = torch.bincount(labels[pred == labels], minlength=num_classes).double()
+    totals = torch.bincount(labels, minlength=num_classes).double()
+    return [float(h / t) if t > 0 else float("nan") for h, t in zip(hits[:num_classes], totals[:num_classes])]

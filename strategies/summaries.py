@@ -77,6 +77,7 @@ class SummaryStrategy(Strategy):
         self.dropped: list[dict[str, object]] = []
         self.summaries: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.client_metrics: dict[int, list[dict[str, object]]] = {}
+        self.union_class_images: list[int] | None = None  # images per class the server last trained on
         self._arrays = ArrayRecord()
         self._asked: set[int] = set()
 
@@ -136,8 +137,10 @@ class SummaryStrategy(Strategy):
         self.summaries = {**self.summaries, **fresh} if self.accumulate else fresh
         images = torch.cat([x for x, _ in self.summaries.values()])
         labels = torch.cat([y for _, y in self.summaries.values()])
+        self.union_class_images = torch.bincount(labels.long(), minlength=self.spec.num_classes).tolist()
         arrays = self.train_fn(images, labels, self._arrays, server_round)
         metrics = MetricRecord({"valid-summaries": len(fresh), "union-images": int(len(labels)),
+                                "union-class-images": self.union_class_images,
                                 "dropped-summaries": sum(d["round"] == server_round for d in self.dropped)})
         return arrays, metrics
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -64,3 +66,19 @@ def test_unknown_model_and_norm() -> None:
         create_model("vgg99", (1, 8, 8), 10)
     with pytest.raises(ConfigError, match="unknown norm"):
         create_model("convnet", (1, 8, 8), 10, norm="weird")
+
+
+def test_predict_accuracy_and_class_accuracy_agree() -> None:
+    from fedcl.train import accuracy, class_accuracy, predict
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    x = torch.randn(50, 1, 2, 2)
+    y = torch.tensor([0] * 20 + [1] * 30)  # class 2 has no examples
+    pred = predict(net, x, batch_size=7)  # batches of 7 cover all 50 images once
+    assert pred.shape == (50,) and pred.dtype == torch.long
+    per = class_accuracy(pred, y, 3)
+    assert per[0] == int((pred[:20] == 0).sum()) / 20 and per[1] == int((pred[20:] == 1).sum()) / 30
+    assert math.isnan(per[2])
+    assert accuracy(net, x, y) == pytest.approx((20 * per[0] + 30 * per[1]) / 50)
+    assert net.training  # predict restores the mode it found

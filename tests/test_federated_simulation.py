@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
+from fedcl.data import load_dataset
 from fedcl.errors import SummaryRejected
 from fedcl.federated.command import FederatedConfig, main, run_federated
 
@@ -34,7 +36,14 @@ def test_bad_summaries_are_dropped_and_counted() -> None:
     # the float64 summary is caught by the byte cap (twice the float32 bytes) before its dtype
     assert sum("over the cap" in d["reason"] or "dtypes" in d["reason"] for d in r["dropped"]) == 2
     assert r["summary_images"] == 30  # the one good client: 3 images x 10 classes (iid)
+    assert r["summary_class_images"] == [3] * 10  # the dropped summaries are not in the union
     assert r["final_accuracy"] > 0.15
+    # per-class accuracy, weighted by the test set's class counts, is the overall accuracy
+    test_labels = load_dataset("digits").test_labels
+    counts = torch.bincount(test_labels, minlength=10).tolist()
+    assert len(r["class_accuracy"]) == 10
+    weighted = sum(a * n for a, n in zip(r["class_accuracy"], counts)) / sum(counts)
+    assert weighted == pytest.approx(r["final_accuracy"], abs=1e-9)
 
 
 def test_run_fails_clearly_below_the_minimum_of_valid_summaries() -> None:
@@ -66,4 +75,7 @@ def test_command_writes_the_run_folder(tmp_path, capsys) -> None:
     # a float16 summary is far smaller than two rounds of model weights
     assert s["oneshot"]["uplink_bytes"] * 5 < s["fedavg"]["uplink_bytes"]
     assert 0.0 <= metrics["centralised"]["final_accuracy"] <= 1.0
+    # FedAvg trains on no summaries; the per-class table names every strategy
+    assert s["fedavg"]["summary_class_images"] is None and sum(s["feddm"]["summary_class_images"]) > 0
+    assert "| fedavg | " in (out / "results.md").read_text().split("Final accuracy on each class")[1]
     assert "oneshot" in capsys.readouterr().out

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_accuracy_vs_bytes", "results_table", "write_report"]
+__all__ = ["class_table", "plot_accuracy_vs_bytes", "results_table", "write_report"]
 
 
 def _cumulative(per_round: list[int]) -> list[int]:
@@ -28,6 +28,22 @@ def results_table(metrics: dict[str, Any]) -> str:
         lines.append(f"| centralised ({c['epochs']} epochs, all {c['train_images']} images) | - | "
                      f"{c['final_accuracy']:.4f} | - | - | - |")
     return "\n".join(lines)
+
+
+def class_table(metrics: dict[str, Any]) -> str:
+    """A markdown table of the final model's accuracy on each class (and, for summary strategies,
+    how many summary images of that class the server trained on); empty when no run has them."""
+    runs = {n: r for n, r in metrics["strategies"].items() if r.get("class_accuracy")}
+    if not runs:
+        return ""
+    k = max(len(r["class_accuracy"]) for r in runs.values())
+    lines = ["| strategy | " + " | ".join(f"class {c}" for c in range(k)) + " |", "|---" * (k + 1) + "|"]
+    for name, r in runs.items():
+        counts = r.get("summary_class_images") or [None] * k
+        cells = [f"{a:.3f}" + (f" ({n})" if n is not None else "") for a, n in zip(r["class_accuracy"], counts)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return ("Final accuracy on each class of the test set; in brackets, the summary images of that class "
+            "the server trained on.\n\n" + "\n".join(lines))
 
 
 def plot_accuracy_vs_bytes(metrics: dict[str, Any], path: Path) -> Path:
@@ -62,5 +78,7 @@ def write_report(folder: Path, metrics: dict[str, Any]) -> None:
     """Write ``results.md`` and ``accuracy_vs_bytes.png`` into ``folder``."""
     head = (f"# fedcl federated: {metrics['dataset']}, {metrics['num_clients']} clients, {metrics['partition']} "
             f"(alpha {metrics['alpha']}), ipc {metrics['ipc']}, codec {metrics['codec']}\n\n")
-    (folder / "results.md").write_text(head + results_table(metrics) + "\n\n![accuracy vs bytes](accuracy_vs_bytes.png)\n")
+    per_class = class_table(metrics)
+    (folder / "results.md").write_text(head + results_table(metrics) + "\n\n" + (per_class + "\n\n" if per_class else "")
+                                       + "![accuracy vs bytes](accuracy_vs_bytes.png)\n")
     plot_accuracy_vs_bytes(metrics, folder / "accuracy_vs_bytes.png")

@@ -61,9 +61,11 @@ def run_server(grid: Grid, run_config: dict[str, Any]) -> dict[str, Any]:
     """Run the configured strategy on ``grid`` and return the JSON-ready result.
 
     Returns:
-        ``{strategy, final_accuracy, accuracy_per_round, uplink_bytes, downlink_bytes, rounds,
-        dropped_summaries, dropped, epsilon_per_client, seconds, ...}`` (accuracies in [0, 1];
-        ``accuracy_per_round[0]`` is the initial model).
+        ``{strategy, final_accuracy, accuracy_per_round, class_accuracy, summary_class_images,
+        uplink_bytes, downlink_bytes, rounds, dropped_summaries, dropped, epsilon_per_client, seconds, ...}``
+        (accuracies in [0, 1]; ``accuracy_per_round[0]`` is the initial model; ``class_accuracy`` is
+        the final model's recall per class; ``summary_class_images`` counts the images per class of
+        the union of summaries the server last trained on, None for weight-averaging strategies).
     """
     cfg = {**SERVER_DEFAULTS, **run_config}
     s = TaskSettings.from_record(cfg)
@@ -82,9 +84,11 @@ def run_server(grid: Grid, run_config: dict[str, Any]) -> dict[str, Any]:
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         net = make_model(s, data)
         net.load_state_dict(arrays.to_torch_state_dict())
-        from fedcl.train import accuracy
+        from fedcl.train import class_accuracy, predict
 
-        return MetricRecord({"accuracy": accuracy(net, data.test_images, data.test_labels, device=s.device)})
+        pred = predict(net, data.test_images, device=s.device)
+        return MetricRecord({"accuracy": int((pred == data.test_labels).sum()) / max(len(pred), 1),
+                             "class-accuracy": class_accuracy(pred, data.test_labels, data.num_classes)})
 
     name = str(cfg["strategy"])
     strategy, rounds, task = STRATEGIES.get(name)(s, cfg, spec, train_fn)
@@ -93,11 +97,15 @@ def run_server(grid: Grid, run_config: dict[str, Any]) -> dict[str, Any]:
     result = strategy.start(grid=counting, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=rounds,
                             timeout=float(cfg["round-timeout"]),
                             train_config=ConfigRecord({**s.to_record(), "task": task, "num-rounds": rounds}), evaluate_fn=evaluate_fn)
-    acc = [float(result.evaluate_metrics_serverapp[r]["accuracy"]) for r in sorted(result.evaluate_metrics_serverapp)]
+    evals = [result.evaluate_metrics_serverapp[r] for r in sorted(result.evaluate_metrics_serverapp)]
+    acc = [float(m["accuracy"]) for m in evals]
+    union = getattr(strategy, "union_class_images", None)
     dropped = list(getattr(strategy, "dropped", []))
     client_metrics = getattr(strategy, "client_metrics", {})
     eps = {str(int(m[-1].get("partition-id", n))): float(m[-1].get("epsilon", 0.0)) for n, m in client_metrics.items()}
     return {"strategy": name, "final_accuracy": acc[-1] if acc else math.nan, "accuracy_per_round": acc,
+            "class_accuracy": [float(a) for a in evals[-1]["class-accuracy"]] if evals else [],
+            "summary_class_images": union,
             "rounds": rounds, **counting.totals(), "dropped_summaries": len(dropped), "dropped": dropped,
             "epsilon_per_client": eps, "summary_images": sum(int(m[-1].get("summary-images", 0))
                                                              for m in client_metrics.values()),

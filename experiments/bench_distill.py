@@ -150,6 +150,18 @@ def part_mnist(args: argparse.Namespace) -> dict[str, Any]:
     return {"rows": rows, "env": environment()}
 
 
+def part_ceiling(args: argparse.Namespace) -> dict[str, Any]:
+    """The whole training set under the same evaluation: what no set of ``ipc`` images per class can beat
+    by much, so it bounds the room above ``random`` (stored beside the dataset's accuracy table)."""
+    data = load_dataset(args.dataset, args.root) if args.dataset != "digits" else load_dataset("digits")
+    whole = SyntheticSet(data.train_images, data.train_labels, data.num_classes, {"method": "whole", "dataset": data.name})
+    t0 = time.perf_counter()
+    acc = evaluate(whole, data, args.models, args.epochs)
+    print(f"{data.name}: whole training set ({len(whole)} images) acc {100 * acc['mean']:.2f} ± {100 * acc['std']:.2f} "
+          f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    return {"dataset": args.dataset, "images": len(whole), "acc": acc, "env": environment()}
+
+
 def part_curve(args: argparse.Namespace) -> dict[str, Any]:
     """dm on MNIST ipc 10: accuracy of a cheap evaluation every K iterations against distill time."""
     data = load_dataset("mnist", args.root)
@@ -185,11 +197,16 @@ def _save(part: str, result: dict[str, Any]) -> None:
     if part == "speed" and part in allres:
         new_engines = {r["engine"] for r in result["rows"]}
         result["rows"] = [r for r in allres[part]["rows"] if r["engine"] not in new_engines] + result["rows"]
-    if part in ("digits", "mnist") and part in allres:
+    if part == "ceiling":  # kept with the dataset's table: {digits|mnist: {..., "ceiling": result}}
+        part = result.pop("dataset")
+        result = {**allres.get(part, {"rows": [], "env": result["env"]}), "ceiling": result}
+    elif part in ("digits", "mnist") and part in allres:
         # parts may run as several processes (e.g. one per method): keep other rows, replace same ones
         new = {(r["method"], r["ipc"]) for r in result["rows"]}
         result["rows"] = [r for r in allres[part]["rows"] if (r["method"], r["ipc"]) not in new] + result["rows"]
         result["commands"] = sorted(set(allres[part].get("commands", [])) | {result.get("command", "")})
+        if "ceiling" in allres[part]:
+            result["ceiling"] = allres[part]["ceiling"]
     allres[part] = result
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(allres, indent=1))
@@ -199,7 +216,8 @@ def _save(part: str, result: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--part", choices=("speed", "digits", "mnist", "curve"), required=True)
+    p.add_argument("--part", choices=("speed", "digits", "mnist", "curve", "ceiling"), required=True)
+    p.add_argument("--dataset", choices=("digits", "mnist"), default="digits", help="ceiling part: which dataset")
     p.add_argument("--root", default="/work/shared/data")
     p.add_argument("--epochs", type=int, default=300, help="evaluation epochs")
     p.add_argument("--models", type=int, default=5, help="evaluation models (mnist)")
@@ -222,7 +240,9 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = {"speed": part_speed, "digits": part_digits, "mnist": part_mnist, "curve": part_curve}[args.part](args)
+    parts = {"speed": part_speed, "digits": part_digits, "mnist": part_mnist, "curve": part_curve,
+             "ceiling": part_ceiling}
+    result = parts[args.part](args)
     result["command"] = "python experiments/bench_distill.py " + " ".join(argv if argv is not None else sys.argv[1:])
     _save(args.part, result)
 

@@ -83,6 +83,11 @@ def write_report(res: dict[str, Any], out: Path) -> None:
         md += [f"## {title}", "", _env(r["env"]), "", "Commands: " + ", ".join(
             f"`{c}`" for c in r.get("commands", [r.get("command", "")])), ""]
         md += _table(r["rows"], targets)
+        if "ceiling" in r:
+            c = r["ceiling"]
+            md += ["", f"Whole training set ({c['images']:,} images) under the same evaluation "
+                   f"({c['acc']['n_models']} x {c['acc']['epochs']} ep): {_pct(c['acc'])} "
+                   f"(`{c.get('command', '')}`; {_env(c['env'])})."]
         md += ["", "Targets: " + ("dm/dsa >= random + 15 points at ipc 1, >= random + 3 points at ipc 10."
                                   if part == "digits" else "dsa and dm >= 88% at ipc 1 and >= 97% at ipc 10; "
                                   + PUBLISHED + "."), ""]

@@ -55,7 +55,7 @@ def _plot(points: list[dict[str, float]], path: Path) -> None:
 def write_report(res: dict[str, Any], out: Path) -> None:
     """Write distill.md (+ distill_*.csv, distill_curve.png) from the merged results."""
     md = ["# Distillation benchmark (issue 2)", "",
-          "Written by `experiments/bench_distill.py` (`--part digits|mnist|speed|curve`); every figure is "
+          "Written by `experiments/bench_distill.py` (`--part digits|mnist|speed|curve|ceiling`); every figure is "
           "measured by that script on the machine named under each part. MNIST-6k = the first 6,000 MNIST "
           "training images, tested on the official 10,000 test images. Accuracies are test accuracy of fresh "
           "ConvNets trained on the synthetic set (SGD, DSA augmentation, lr/10 at half the epochs).", ""]

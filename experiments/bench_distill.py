@@ -153,7 +153,7 @@ def part_mnist(args: argparse.Namespace) -> dict[str, Any]:
 def part_ceiling(args: argparse.Namespace) -> dict[str, Any]:
     """The whole training set under the same evaluation: what no set of ``ipc`` images per class can beat
     by much, so it bounds the room above ``random`` (stored beside the dataset's accuracy table)."""
-    data = load_dataset(args.dataset, args.root) if args.dataset != "digits" else load_dataset("digits")
+    data = load_dataset(args.dataset, args.root)  # digits ignores the root
     whole = SyntheticSet(data.train_images, data.train_labels, data.num_classes, {"method": "whole", "dataset": data.name})
     t0 = time.perf_counter()
     acc = evaluate(whole, data, args.models, args.epochs)

@@ -77,9 +77,16 @@ class SummaryStrategy(Strategy):
         self.dropped: list[dict[str, object]] = []
         self.summaries: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.client_metrics: dict[int, list[dict[str, object]]] = {}
-        self.union_class_images: list[int] | None = None  # images per class the server last trained on
         self._arrays = ArrayRecord()
         self._asked: set[int] = set()
+
+    @property
+    def union_class_images(self) -> list[int] | None:
+        """Images per class in the union of summaries the server last trained on (None before any)."""
+        if not self.summaries:
+            return None
+        labels = torch.cat([y for _, y in self.summaries.values()])
+        return torch.bincount(labels.long(), minlength=self.spec.num_classes).tolist()
 
     def summary(self) -> None:
         """Log the strategy's configuration."""
@@ -137,7 +144,6 @@ class SummaryStrategy(Strategy):
         self.summaries = {**self.summaries, **fresh} if self.accumulate else fresh
         images = torch.cat([x for x, _ in self.summaries.values()])
         labels = torch.cat([y for _, y in self.summaries.values()])
-        self.union_class_images = torch.bincount(labels.long(), minlength=self.spec.num_classes).tolist()
         arrays = self.train_fn(images, labels, self._arrays, server_round)
         metrics = MetricRecord({"valid-summaries": len(fresh), "union-images": int(len(labels)),
                                 "union-class-images": self.union_class_images,

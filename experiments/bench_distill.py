@@ -6,6 +6,10 @@ Parts run separately and merge into one results file (``experiments/results/dist
     python experiments/bench_distill.py --part digits
     python experiments/bench_distill.py --part mnist --iterations dm=2000,dsa=200,gm=200
     python experiments/bench_distill.py --part curve --budget 1200
+    python experiments/bench_distill.py --part speed --device cuda   # GPU figures, kept as speed_gpu
+
+Every part takes ``--device`` (cpu by default; ``cuda``/``auto`` for a GPU). A part run on a GPU is
+stored under its own key (``speed_gpu``, ``mnist_gpu``, ``curve_gpu``) so CPU and GPU figures sit side by side.
 
 Every figure is measured when the part runs; nothing is copied from elsewhere. Timings on a
 shared CPU are noisy: the speed part times engines back to back in one process and
@@ -31,6 +35,7 @@ from fedcl.distill import create_distiller
 from fedcl.distill.synthetic import SyntheticSet
 from fedcl.evaluate import evaluate_synthetic
 from fedcl.models.fast import resolve_precision
+from fedcl.utils import resolve_device
 
 RESULTS = Path(__file__).parent / "results"
 METHODS_MNIST = ("dsa", "dm", "gm", "herding", "kcenter", "random")
@@ -48,17 +53,24 @@ def environment() -> dict[str, Any]:
 
     import fedcl
 
-    return {"device": "cuda" if torch.cuda.is_available() else "cpu", "cpu": cpu, "cpu_count": os.cpu_count(),
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {"device": "cuda" if torch.cuda.is_available() else "cpu", "gpu": gpu, "cpu": cpu, "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "load_avg_1m": os.getloadavg()[0],
             "amx": resolve_precision("auto", torch.device("cpu")) == torch.bfloat16,
             "torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": numpy.__version__,
             "fedcl": fedcl.__version__, "python": platform.python_version()}
 
 
+def _sync(device: str) -> None:
+    """Wait for queued GPU work, so that a wall-clock stamp covers the work it is meant to time."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def distill(method: str, data: Any, ipc: int, iterations: int, seed: int = 0, callback: Any = None,
-            **cfg: Any) -> tuple[SyntheticSet, dict[str, float]]:
+            device: str = "cpu", **cfg: Any) -> tuple[SyntheticSet, dict[str, float]]:
     """Run one engine; returns the set and its timing stats."""
-    opts: dict[str, Any] = {"device": "cpu", "seed": seed, "progress": False, **cfg}
+    opts: dict[str, Any] = {"device": device, "seed": seed, "progress": False, **cfg}
     if method in ("dm", "dsa", "gm"):
         opts["iterations"] = iterations
     eng = create_distiller(method, **opts)
@@ -67,24 +79,25 @@ def distill(method: str, data: Any, ipc: int, iterations: int, seed: int = 0, ca
     return syn, dict(eng.stats)
 
 
-def evaluate(syn: SyntheticSet, data: Any, n_models: int, epochs: int) -> dict[str, float]:
+def evaluate(syn: SyntheticSet, data: Any, n_models: int, epochs: int, device: str = "cpu") -> dict[str, float]:
     """Mean/std test accuracy (fractions) of ``n_models`` fresh ConvNets trained on ``syn``."""
-    res = evaluate_synthetic(syn, data, n_models=n_models, epochs=epochs, device="cpu")
+    res = evaluate_synthetic(syn, data, n_models=n_models, epochs=epochs, device=device)
     return {"mean": res.mean, "std": res.std, "n_models": len(res.accuracies), "epochs": epochs}
 
 
 def accuracy_table(data: Any, methods: tuple[str, ...], ipcs: tuple[int, ...], iters: dict[str, int],
-                   n_models: int, epochs: int, batch_real: int, save_dir: Path | None = None) -> list[dict[str, Any]]:
+                   n_models: int, epochs: int, batch_real: int, save_dir: Path | None = None,
+                   device: str = "cpu") -> list[dict[str, Any]]:
     """Distill and evaluate every (method, ipc); prints rows as they come."""
     rows = []
     for ipc in ipcs:
         for method in methods:
             cfg = {"batch_real": batch_real} if method in ("dm", "dsa", "gm") else {}
-            syn, stats = distill(method, data, ipc, iters.get(method, 0), **cfg)
+            syn, stats = distill(method, data, ipc, iters.get(method, 0), device=device, **cfg)
             if save_dir is not None:  # kept so the set can be re-evaluated (e.g. with fedcl evaluate)
                 save_dir.mkdir(parents=True, exist_ok=True)
                 syn.save(save_dir / f"{data.name}_{method}_ipc{ipc}_it{iters.get(method, 0)}.safetensors")
-            acc = evaluate(syn, data, n_models, epochs)
+            acc = evaluate(syn, data, n_models, epochs, device)
             row = {"dataset": data.name, "method": method, "ipc": ipc, "iterations": iters.get(method, 0)
                    if method in ("dm", "dsa", "gm") else 0, "batch_real": cfg.get("batch_real"),
                    "distill_seconds": stats.get("distill_seconds"), "acc": acc}
@@ -99,11 +112,11 @@ def part_speed(args: argparse.Namespace) -> dict[str, Any]:
     """Seconds per iteration of each engine on MNIST ipc 10, engines timed back to back."""
     data = load_dataset("mnist", args.root)
     variants: list[tuple[str, str, dict[str, Any]]] = [
-        ("dm", "dm (fast fp32, default)", {}),
-        ("dm", "dm (fast fp32, unchunked)", {"embed_chunk": None}),
-        ("dm", "dm (fast fp32, chunks of 32)", {"embed_chunk": 32}),
-        ("dm", "dm (before: net.embed fp32)", {"fast_embed": False}),
-        ("dm", "dm (fast bf16)", {"precision": "bf16"}),
+        ("dm", "dm (fast fp32, default)", {"fast_embed": True}),  # the default on CPU
+        ("dm", "dm (fast fp32, unchunked)", {"fast_embed": True, "embed_chunk": None}),
+        ("dm", "dm (fast fp32, chunks of 32)", {"fast_embed": True, "embed_chunk": 32}),
+        ("dm", "dm (before: net.embed fp32)", {"fast_embed": False}),  # the default on CUDA
+        ("dm", "dm (fast bf16)", {"fast_embed": True, "precision": "bf16"}),
         ("dsa", "dsa", {}),
         ("gm", "gm", {}),
     ]
@@ -120,10 +133,13 @@ def part_speed(args: argparse.Namespace) -> dict[str, Any]:
             t0 = [(time.perf_counter(), time.process_time())]
 
             def cb(it: int, _syn: SyntheticSet, stamps: list = stamps, t0: list = t0) -> None:
+                _sync(args.device)
                 stamps.append((time.perf_counter() - t0[0][0], time.process_time() - t0[0][1]))
                 t0[0] = (time.perf_counter(), time.process_time())
 
-            distill(method, data, 10, iters[method], callback=cb, batch_real=256, **cfg)
+            _sync(args.device)
+            t0[0] = (time.perf_counter(), time.process_time())
+            distill(method, data, 10, iters[method], callback=cb, batch_real=256, device=args.device, **cfg)
             times[label] += stamps[1:] if len(stamps) > 1 else stamps  # first dm iteration warms up
             print(f"{label:30s} {statistics.median(w for w, _ in times[label]):.3f} s/it wall, "
                   f"{statistics.median(c for _, c in times[label]):.3f} CPU-s/it so far", flush=True)
@@ -136,7 +152,7 @@ def part_speed(args: argparse.Namespace) -> dict[str, Any]:
 def part_digits(args: argparse.Namespace) -> dict[str, Any]:
     data = load_dataset("digits")
     iters = {"dm": args.digits_dm_iters, "dsa": args.digits_dsa_iters}
-    rows = accuracy_table(data, ("dm", "dsa", "random"), (1, 10), iters, 5, args.epochs, 256)
+    rows = accuracy_table(data, ("dm", "dsa", "random"), (1, 10), iters, 5, args.epochs, 256, device=args.device)
     return {"rows": rows, "env": environment()}
 
 
@@ -146,7 +162,8 @@ def part_mnist(args: argparse.Namespace) -> dict[str, Any]:
     iters = {k: int(v) for k, v in iters.items()}
     methods = tuple(m for m in args.methods.split(",") if m)
     rows = accuracy_table(data, methods, tuple(int(i) for i in args.ipcs.split(",")), iters, args.models,
-                          args.epochs, args.batch_real, RESULTS / "distill_sets" if args.save_sets else None)
+                          args.epochs, args.batch_real, RESULTS / "distill_sets" if args.save_sets else None,
+                          device=args.device)
     return {"rows": rows, "env": environment()}
 
 
@@ -156,7 +173,7 @@ def part_ceiling(args: argparse.Namespace) -> dict[str, Any]:
     data = load_dataset(args.dataset, args.root)  # digits ignores the root
     whole = SyntheticSet(data.train_images, data.train_labels, data.num_classes, {"method": "whole", "dataset": data.name})
     t0 = time.perf_counter()
-    acc = evaluate(whole, data, args.models, args.epochs)
+    acc = evaluate(whole, data, args.models, args.epochs, args.device)
     print(f"{data.name}: whole training set ({len(whole)} images) acc {100 * acc['mean']:.2f} ± {100 * acc['std']:.2f} "
           f"({time.perf_counter() - t0:.0f} s)", flush=True)
     return {"dataset": args.dataset, "images": len(whole), "acc": acc, "env": environment()}
@@ -169,22 +186,30 @@ def part_curve(args: argparse.Namespace) -> dict[str, Any]:
     clock = {"distill": 0.0, "t0": time.perf_counter()}
 
     def cb(it: int, syn: SyntheticSet) -> None:
+        _sync(args.device)
         clock["distill"] += time.perf_counter() - clock["t0"]
         if it % args.every == 0 or it == args.curve_iters:
-            acc = evaluate(syn, data, args.curve_models, args.curve_epochs)
+            acc = evaluate(syn, data, args.curve_models, args.curve_epochs, args.device)
             points.append({"iteration": it, "seconds": clock["distill"], "acc": acc["mean"], "std": acc["std"]})
             print(f"curve it {it:5d} {clock['distill']:7.1f} s acc {100 * acc['mean']:.2f}", flush=True)
-            _save("curve", {"points": points, "partial": True, "env": environment()})
+            _save(_key("curve", args.device), {"points": points, "partial": True, "env": environment()})
+        _sync(args.device)
         clock["t0"] = time.perf_counter()  # evaluation time is excluded
 
     syn0, _ = distill("random", data, 10, 0)
-    acc0 = evaluate(syn0, data, args.curve_models, args.curve_epochs)
+    acc0 = evaluate(syn0, data, args.curve_models, args.curve_epochs, args.device)
     points.append({"iteration": 0, "seconds": 0.0, "acc": acc0["mean"], "std": acc0["std"]})
+    _sync(args.device)
     clock["t0"] = time.perf_counter()
-    syn, _ = distill("dm", data, 10, args.curve_iters, callback=cb, batch_real=args.batch_real)
-    final = evaluate(syn, data, 5, args.epochs)
+    syn, _ = distill("dm", data, 10, args.curve_iters, callback=cb, batch_real=args.batch_real, device=args.device)
+    final = evaluate(syn, data, 5, args.epochs, args.device)
     return {"points": points, "final": final, "iterations": args.curve_iters, "batch_real": args.batch_real,
             "eval": f"{args.curve_models} models x {args.curve_epochs} epochs", "env": environment()}
+
+
+def _key(part: str, device: str) -> str:
+    """The results key of a part: GPU runs keep their own (``mnist_gpu``), beside the CPU figures."""
+    return f"{part}_gpu" if device.startswith("cuda") else part
 
 
 def _save(part: str, result: dict[str, Any]) -> None:
@@ -194,13 +219,14 @@ def _save(part: str, result: dict[str, Any]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "distill.json"
     allres = json.loads(path.read_text()) if path.exists() else {}
-    if part == "speed" and part in allres:
+    base = part.removesuffix("_gpu")
+    if base == "speed" and part in allres:
         new_engines = {r["engine"] for r in result["rows"]}
         result["rows"] = [r for r in allres[part]["rows"] if r["engine"] not in new_engines] + result["rows"]
-    if part == "ceiling":  # kept with the dataset's table: {digits|mnist: {..., "ceiling": result}}
-        part = result.pop("dataset")
+    if base == "ceiling":  # kept with the dataset's table: {digits|mnist: {..., "ceiling": result}}
+        part = result.pop("dataset") + part[len(base):]
         result = {**allres.get(part, {"rows": [], "env": result["env"]}), "ceiling": result}
-    elif part in ("digits", "mnist") and part in allres:
+    elif base in ("digits", "mnist") and part in allres:
         # parts may run as several processes (e.g. one per method): keep other rows, replace same ones
         new = {(r["method"], r["ipc"]) for r in result["rows"]}
         result["rows"] = [r for r in allres[part]["rows"] if (r["method"], r["ipc"]) not in new] + result["rows"]
@@ -237,14 +263,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--curve-epochs", type=int, default=150)
     p.add_argument("--save-sets", action="store_true", help="mnist part: save each set under results/distill_sets")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto; GPU results get their own keys")
     args = p.parse_args(argv)
+    args.device = str(resolve_device(args.device))
     if args.threads:
         torch.set_num_threads(args.threads)
     parts = {"speed": part_speed, "digits": part_digits, "mnist": part_mnist, "curve": part_curve,
              "ceiling": part_ceiling}
     result = parts[args.part](args)
     result["command"] = "python experiments/bench_distill.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    _save(args.part, result)
+    _save(_key(args.part, args.device), result)
 
 
 if __name__ == "__main__":

@@ -73,6 +73,13 @@ def test_dm_fast_path_same_result_as_plain() -> None:
     torch.testing.assert_close(runs[0], runs[1], rtol=1e-3, atol=1e-3)
 
 
+def test_dm_fast_embed_auto_picks_by_device() -> None:
+    assert create_distiller("dm", device="cpu").fast_embed is True  # CPU: the fast path
+    assert create_distiller("dm", device="cpu", fast_embed=False).fast_embed is False
+    with pytest.raises(ConfigError, match="fast_embed"):
+        create_distiller("dm", fast_embed="yes")
+
+
 def test_dm_rejects_a_bad_embed_chunk() -> None:
     with pytest.raises(ConfigError, match="embed_chunk"):
         create_distiller("dm", embed_chunk=0)

@@ -107,3 +107,15 @@ def test_run_config_carries_the_privacy_block_and_matches_the_app_defaults() -> 
     assert (got.epsilon, got.delta, got.max_grad_norm, got.accountant) == (2.0, 1e-6, 0.5, "prv")
     assert (got.pool, got.replay, got.clamp, got.center, got.normalize) == (True, 2, True, False, True)
     assert ledger.epsilon == 2.0
+
+
+@pytest.mark.parametrize("gpus", [-0.5, 0.25])
+def test_client_gpus_are_checked_before_ray_starts(gpus: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from fedcl.federated.command import ClientResources, FederatedConfig, _validate
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU machine, also where CI has a GPU
+    with pytest.raises(ConfigError, match="num_gpus"):
+        _validate(FederatedConfig(client_resources=ClientResources(num_gpus=gpus)))
+    _validate(FederatedConfig(client_resources=ClientResources(num_gpus=0.0)))  # the default passes

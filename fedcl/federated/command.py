@@ -112,6 +112,14 @@ def _validate(cfg: FederatedConfig) -> None:
         raise ConfigError("privacy.epsilon applies to summaries; drop 'fedavg' from strategies for a DP run")
     if cfg.client_resources.num_cpus <= 0:
         raise ConfigError("client_resources.num_cpus must be > 0")
+    if cfg.client_resources.num_gpus < 0:
+        raise ConfigError(f"client_resources.num_gpus must be >= 0, got {cfg.client_resources.num_gpus}")
+    if cfg.client_resources.num_gpus > 0:
+        import torch
+
+        if not torch.cuda.is_available():  # Ray would wait for a GPU that never comes
+            raise ConfigError(f"client_resources.num_gpus={cfg.client_resources.num_gpus} asks for a GPU per client, "
+                              "but CUDA is not available here; set client_resources.num_gpus=0")
     load_dataset(cfg.dataset, cfg.data.root)  # DataError now, not inside a Ray actor
 
 

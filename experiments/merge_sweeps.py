@@ -11,7 +11,6 @@ other than ``seeds``/``out`` must be equal; the merge refuses otherwise.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -34,11 +33,13 @@ def main(argv: list[str]) -> int:
     config = {**first, "seeds": sorted({r["seed"] for r in rows}), "out": str(out)}
     merged = {"dataset": metrics[0]["dataset"], "train_size": metrics[0]["train_size"], "rows": rows,
               "total_seconds": sum(m["total_seconds"] for m in metrics), "config": config,
-              "merged_from": [str(p) for p in parts]}
+              # a part that is itself a merge (seeds added later) lists the runs it came from
+              "merged_from": [src for p, m in zip(parts, metrics) for src in m.get("merged_from", [str(p)])]}
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copy(parts[0] / "config.yaml", out / "config.yaml")
-    with (out / "config.yaml").open("a") as f:
-        f.write(f"# merged by experiments/merge_sweeps.py from {len(parts)} runs; seeds {config['seeds']}\n")
+    head = [line for line in (parts[0] / "config.yaml").read_text().splitlines(keepends=True)
+            if not line.startswith("# merged by experiments/merge_sweeps.py")]
+    (out / "config.yaml").write_text("".join(head) + f"# merged by experiments/merge_sweeps.py from "
+                                     f"{len(merged['merged_from'])} runs; seeds {config['seeds']}\n")
     write_outputs(out, rows, merged)
     print(f"wrote {out}")
     return 0

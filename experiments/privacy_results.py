@@ -123,7 +123,7 @@ def main() -> int:
              "the same audited examples, so their AUCs differ by the release, not by the draw; the draw itself moves "
              "every AUC of a seed together. A release that ignores membership has AUC 0.5 up to sampling noise: "
              "AUCs read mean ± the standard error of that mean (Hanley-McNeil; 0.018 for one seed of 500 members "
-             "and 500 non-members, 0.012 for 1,200 each, 0.008 for the mean of two such seeds).", "",
+             "and 500 non-members, 0.012 for 1,200 each, 0.008 and 0.007 for the mean of two and three such seeds).", "",
              "All accuracies are test accuracies measured here (fractions in metrics.json, percent below). "
              "Published figures for reference (full MNIST, not comparable settings): Opacus DP-SGD 94.6% at ε = 1.19; "
              "DP distribution matching (NDPDC) 93.1% at ipc 10, ε = 1.", ""]
@@ -149,7 +149,7 @@ def main() -> int:
                   f"(batch_real {cfg['batch_real']}; DP: {cfg['privacy'].get('replay', 0)} replay passes, "
                   f"normalize {cfg['privacy'].get('normalize', False)}, center {cfg['privacy'].get('center', False)}), "
                   f"evaluation: {cfg['eval']['models']} models x {cfg['eval']['epochs']} epochs. "
-                  + (f"Wall time summed over its {len(m['merged_from'])} processes (they ran side by side): "
+                  + (f"Wall time summed over its {len(m['merged_from'])} processes (one per seed): "
                      if m.get("merged_from") else "Total wall time ")
                   + f"{m['total_seconds'] / 60:.1f} min"
                   f"{' (issue: under 10 minutes on a 2-core CPU)' if name == 'privacy_digits' else ''}.", "",

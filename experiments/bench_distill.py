@@ -41,8 +41,8 @@ RESULTS = Path(__file__).parent / "results"
 METHODS_MNIST = ("dsa", "dm", "gm", "herding", "kcenter", "random")
 
 
-def environment() -> dict[str, Any]:
-    """Device, CPU model, threads, load and package versions, for the results file."""
+def environment(device: str) -> dict[str, Any]:
+    """The device the part ran on, CPU model, threads, load and package versions, for the results file."""
     cpu = platform.processor() or ""
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
@@ -53,8 +53,8 @@ def environment() -> dict[str, Any]:
 
     import fedcl
 
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    return {"device": "cuda" if torch.cuda.is_available() else "cpu", "gpu": gpu, "cpu": cpu, "cpu_count": os.cpu_count(),
+    gpu = torch.cuda.get_device_name(device) if device.startswith("cuda") else None  # a CPU run on a GPU host: None
+    return {"device": device, "gpu": gpu, "cpu": cpu, "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "load_avg_1m": os.getloadavg()[0],
             "amx": resolve_precision("auto", torch.device("cpu")) == torch.bfloat16,
             "torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": numpy.__version__,
@@ -146,14 +146,14 @@ def part_speed(args: argparse.Namespace) -> dict[str, Any]:
     rows = [{"engine": label, "median_s": statistics.median(w for w, _ in v), "min_s": min(w for w, _ in v),
              "cpu_median_s": statistics.median(c for _, c in v), "n": len(v), "threads": torch.get_num_threads(),
              "load_avg_1m": os.getloadavg()[0]} for label, v in times.items()]
-    return {"rows": rows, "batch_real": 256, "ipc": 10, "env": environment()}
+    return {"rows": rows, "batch_real": 256, "ipc": 10, "env": environment(args.device)}
 
 
 def part_digits(args: argparse.Namespace) -> dict[str, Any]:
     data = load_dataset("digits")
     iters = {"dm": args.digits_dm_iters, "dsa": args.digits_dsa_iters}
     rows = accuracy_table(data, ("dm", "dsa", "random"), (1, 10), iters, 5, args.epochs, 256, device=args.device)
-    return {"rows": rows, "env": environment()}
+    return {"rows": rows, "env": environment(args.device)}
 
 
 def part_mnist(args: argparse.Namespace) -> dict[str, Any]:
@@ -164,7 +164,7 @@ def part_mnist(args: argparse.Namespace) -> dict[str, Any]:
     rows = accuracy_table(data, methods, tuple(int(i) for i in args.ipcs.split(",")), iters, args.models,
                           args.epochs, args.batch_real, RESULTS / "distill_sets" if args.save_sets else None,
                           device=args.device)
-    return {"rows": rows, "env": environment()}
+    return {"rows": rows, "env": environment(args.device)}
 
 
 def part_ceiling(args: argparse.Namespace) -> dict[str, Any]:
@@ -176,7 +176,7 @@ def part_ceiling(args: argparse.Namespace) -> dict[str, Any]:
     acc = evaluate(whole, data, args.models, args.epochs, args.device)
     print(f"{data.name}: whole training set ({len(whole)} images) acc {100 * acc['mean']:.2f} ± {100 * acc['std']:.2f} "
           f"({time.perf_counter() - t0:.0f} s)", flush=True)
-    return {"dataset": args.dataset, "images": len(whole), "acc": acc, "env": environment()}
+    return {"dataset": args.dataset, "images": len(whole), "acc": acc, "env": environment(args.device)}
 
 
 def part_curve(args: argparse.Namespace) -> dict[str, Any]:
@@ -192,7 +192,7 @@ def part_curve(args: argparse.Namespace) -> dict[str, Any]:
             acc = evaluate(syn, data, args.curve_models, args.curve_epochs, args.device)
             points.append({"iteration": it, "seconds": clock["distill"], "acc": acc["mean"], "std": acc["std"]})
             print(f"curve it {it:5d} {clock['distill']:7.1f} s acc {100 * acc['mean']:.2f}", flush=True)
-            _save(_key("curve", args.device), {"points": points, "partial": True, "env": environment()})
+            _save(_key("curve", args.device), {"points": points, "partial": True, "env": environment(args.device)})
         _sync(args.device)
         clock["t0"] = time.perf_counter()  # evaluation time is excluded
 
@@ -204,7 +204,7 @@ def part_curve(args: argparse.Namespace) -> dict[str, Any]:
     syn, _ = distill("dm", data, 10, args.curve_iters, callback=cb, batch_real=args.batch_real, device=args.device)
     final = evaluate(syn, data, 5, args.epochs, args.device)
     return {"points": points, "final": final, "iterations": args.curve_iters, "batch_real": args.batch_real,
-            "eval": f"{args.curve_models} models x {args.curve_epochs} epochs", "env": environment()}
+            "eval": f"{args.curve_models} models x {args.curve_epochs} epochs", "env": environment(args.device)}
 
 
 def _key(part: str, device: str) -> str:

@@ -24,7 +24,7 @@ def _env(env: dict[str, Any]) -> str:
             f"{env['torchvision']}, numpy {env['numpy']}, python {env['python']}, fedcl {env['fedcl']}")
 
 
-def _table(rows: list[dict[str, Any]], targets: dict[int, float] | None, baseline: str = "random") -> list[str]:
+def _table(rows: list[dict[str, Any]], baseline: str = "random") -> list[str]:
     out = ["| method | ipc | iterations | real/class/it | distill s | evaluation | test accuracy % (mean ± std) "
            "| vs random | note |", "|---|---|---|---|---|---|---|---|---|"]
     base = {r["ipc"]: r["acc"]["mean"] for r in rows if r["method"] == baseline}
@@ -92,16 +92,14 @@ def write_report(res: dict[str, Any], out: Path) -> None:
                for r in s["rows"]]
         md += ["", "Target: dm with DSA <= 1.5 s/it on a 2-core CPU." if key == "speed" else
                "On CUDA the default dm embeds with `net.embed` (`fast_embed: auto`), the faster row here.", ""]
-    tables = (("digits", "digits (8x8, bundled), ConvNet depth 2, 5 evaluation models"),
-              ("digits_gpu", "digits (8x8, bundled), ConvNet depth 2, 5 evaluation models" + _on("gpu")),
-              ("mnist", "MNIST-6k, ConvNet"), ("mnist_gpu", "MNIST-6k, ConvNet" + _on("gpu")))
-    for part, title in tables:
+    tables = (("digits", "digits (8x8, bundled), ConvNet depth 2, 5 evaluation models"), ("mnist", "MNIST-6k, ConvNet"))
+    for part, title in ((key, title) for base, title in tables for key in (base, base + "_gpu")):
         if part not in res:
             continue
         r = res[part]
-        md += [f"## {title}", "", _env(r["env"]), "", "Commands: " + ", ".join(
+        md += [f"## {title}{_on(part)}", "", _env(r["env"]), "", "Commands: " + ", ".join(
             f"`{c}`" for c in r.get("commands", [r.get("command", "")])), ""]
-        md += _table(r["rows"], None)
+        md += _table(r["rows"])
         if "ceiling" in r:
             c = r["ceiling"]
             md += ["", f"Whole training set ({c['images']:,} images) under the same evaluation "

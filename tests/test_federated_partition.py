@@ -80,6 +80,40 @@ def test_dp_clients_summarise_only_classes_large_enough_for_their_noise() -> Non
     assert sorted(set(y.tolist())) == [0] and groups[0]["privacy"]["epsilon"] <= 1.0
 
 
+def test_a_client_over_its_budget_is_refused_before_it_reads_its_partition(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from fedcl.data import load_dataset
+    from fedcl.distill.base import Distiller
+    from fedcl.errors import PrivacyError
+    from fedcl.federated.task import TaskSettings, distill_partition
+    from fedcl.privacy import PrivacyConfig, PrivacyLedger
+
+    data = load_dataset("digits")
+    keep = data.train_labels < 2
+    images, labels = data.train_images[keep], data.train_labels[keep]
+    s = TaskSettings(ipc=2, iterations=2, batch_real=8, width=8, dp_min_class_images=10)
+    priv = PrivacyConfig(epsilon=1.0, delta=1e-3, accountant="prv")
+    ledger = PrivacyLedger(epsilon=1.2, delta=1e-3, accountant="prv")
+    _, _, groups = distill_partition(s, images, labels, data, seed=0, privacy=priv, ledger=ledger)
+    ledger.record(groups[0]["privacy"], name="round 1")  # as the client app does after a round
+    assert 0.9 < ledger.spent() <= 1.0 + 1e-6  # the PRV ledger reads the PRV release as calibrated
+    calls: list[int] = []
+    monkeypatch.setattr(Distiller, "distill", lambda *a, **k: calls.append(1))
+    with pytest.raises(PrivacyError, match="budget"):
+        distill_partition(s, images, labels, data, seed=1, privacy=priv, ledger=ledger)
+    assert calls == [] and len(ledger.releases) == 1  # refused before any data was read; nothing recorded
+    assert torch.equal(labels, data.train_labels[keep])
+
+
+def test_federated_dp_needs_an_accountant_that_composes_rounds() -> None:
+    from fedcl.federated.command import FederatedConfig, _validate
+    from fedcl.privacy import PrivacyConfig
+
+    with pytest.raises(ConfigError, match="gdp"):
+        _validate(FederatedConfig(privacy=PrivacyConfig(epsilon=1.0, accountant="gdp"), strategies=["oneshot"]))
+
+
 def test_run_config_carries_the_privacy_block_and_matches_the_app_defaults() -> None:
     from pathlib import Path
 
@@ -106,7 +140,7 @@ def test_run_config_carries_the_privacy_block_and_matches_the_app_defaults() -> 
     got, ledger = _privacy(s, Ctx(), rounds=1)
     assert (got.epsilon, got.delta, got.max_grad_norm, got.accountant) == (2.0, 1e-6, 0.5, "prv")
     assert (got.pool, got.replay, got.clamp, got.center, got.normalize) == (True, 2, True, False, True)
-    assert ledger.epsilon == 2.0
+    assert ledger.epsilon == 2.0 and ledger.accountant == "prv"  # the ledger composes with the release's accountant
 
 
 @pytest.mark.parametrize("gpus", [-0.5, 0.25])

@@ -83,7 +83,8 @@ def train(msg: Message, context: Context) -> Message:
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
         network_fn = perturbed_network_fn(model, s.rho, seed)
     privacy, ledger = _privacy(s, context, int(merged.get("num-rounds", 1)))
-    x, y, groups = distill_partition(s, images, labels, data, seed=seed, network_fn=network_fn, privacy=privacy)
+    x, y, groups = distill_partition(s, images, labels, data, seed=seed, network_fn=network_fn, privacy=privacy,
+                                     ledger=ledger)
     epsilon = _spend(ledger, groups, context, server_round)
     kind = s.faults().get(pid)
     if kind:
@@ -100,8 +101,9 @@ def _privacy(s: TaskSettings, context: Context, rounds: int):
     """The DP block of this round and the client's ledger (kept in ``context.state`` across rounds).
 
     The client's budget is ``epsilon`` over the whole run; each of the ``rounds`` releases
-    asks for ``epsilon / rounds`` and the ledger composes them exactly (Opacus RDP), so it
-    refuses (PrivacyError, the reply carries the error) any release over the budget.
+    asks for ``epsilon / rounds`` and the ledger composes them with the release's own
+    accountant (Opacus RDP or PRV), so it refuses (PrivacyError, the reply carries the error)
+    any release over the budget, before the release reads the partition.
     """
     if not s.epsilon:
         return None, None
@@ -110,7 +112,8 @@ def _privacy(s: TaskSettings, context: Context, rounds: int):
 
     saved = context.state.config_records.get("privacy-ledger")
     ledger = (PrivacyLedger.from_dict(json.loads(str(saved["json"]))) if saved is not None
-              else PrivacyLedger(epsilon=s.epsilon, delta=s.delta, owner=f"client-{context.node_id}"))
+              else PrivacyLedger(epsilon=s.epsilon, delta=s.delta, accountant=s.accountant,
+                             owner=f"client-{context.node_id}"))
     return PrivacyConfig(epsilon=s.epsilon / max(rounds, 1), delta=s.delta, max_grad_norm=s.max_grad_norm,
                          accountant=s.accountant, normalize=s.dp_normalize, center=s.dp_center, pool=s.dp_pool,
                          replay=s.dp_replay, clamp=s.dp_clamp, secure_mode=s.secure_mode), ledger

@@ -108,6 +108,9 @@ def _validate(cfg: FederatedConfig) -> None:
                           "not privacy.sample_rate")
     if cfg.privacy.epsilon is not None and not cfg.privacy.epsilon > 0:
         raise ConfigError(f"privacy.epsilon must be > 0, got {cfg.privacy.epsilon}")
+    if cfg.privacy.epsilon is not None and cfg.privacy.accountant not in ("rdp", "prv"):
+        raise ConfigError(f"privacy.accountant={cfg.privacy.accountant!r}: a client's ledger composes its releases "
+                          "over rounds, which needs 'rdp' or 'prv' (gdp cannot compose them)")
     if cfg.privacy.epsilon is not None and "fedavg" in cfg.strategies:
         raise ConfigError("privacy.epsilon applies to summaries; drop 'fedavg' from strategies for a DP run")
     if cfg.client_resources.num_cpus <= 0:

@@ -165,7 +165,7 @@ def perturbed_network_fn(global_model: nn.Module, rho: float, seed: int) -> Call
 
 def distill_partition(s: TaskSettings, images: torch.Tensor, labels: torch.Tensor, data: ImageData, *,
                       seed: int, network_fn: Callable[[Sequence[int], int], nn.Module] | None = None,
-                      privacy: Any = None) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, Any]]]:
+                      privacy: Any = None, ledger: Any = None) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, Any]]]:
     """Distill one client's data: ``min(ipc, n_c)`` images for each class ``c`` it holds.
 
     Classes with fewer than ``min_class_images`` images (``dp_min_class_images`` under DP)
@@ -173,6 +173,11 @@ def distill_partition(s: TaskSettings, images: torch.Tensor, labels: torch.Tenso
     ``ipc`` for all classes, so classes are grouped by their clipped ipc and each group is
     distilled on its own (the groups hold disjoint data, so under DP their epsilons compose
     in parallel: the client's epsilon is the largest group's).
+
+    Under DP with a ``ledger`` (:class:`~fedcl.privacy.PrivacyLedger`), every group's release
+    is planned and checked against the ledger before any group reads the data: a release
+    over the budget raises PrivacyError and nothing is distilled. Recording the spend is
+    the caller's (the round costs its largest group).
 
     Returns:
         Images, labels, and one ``{"ipc", "classes", "seconds", "privacy"}`` dict per group.
@@ -189,10 +194,16 @@ def distill_partition(s: TaskSettings, images: torch.Tensor, labels: torch.Tenso
     lr_img = s.dp_lr_img if privacy is not None else s.lr_img
     opts: dict[str, Any] = {"iterations": s.iterations, "batch_real": s.batch_real, "lr_img": lr_img} \
         if s.method in ("dm",) else {"iterations": s.iterations} if s.method in ("gm", "dsa") else {}
+    distillers = {k: create_distiller(s.method, model=s.model, model_kwargs=s.model_kwargs, device=s.device,
+                                      seed=seed + k, progress=False, network_fn=network_fn, **opts) for k in groups}
+    if privacy is not None and ledger is not None:
+        from fedcl.privacy.engines import plan_release
+
+        for k, classes in groups.items():
+            ledger.check(plan_release(distillers[k], counts[classes].tolist(), k, privacy), name=f"ipc-{k} summary")
     for k, classes in sorted(groups.items()):
         keep = torch.isin(labels, torch.tensor(classes))
-        distiller = create_distiller(s.method, model=s.model, model_kwargs=s.model_kwargs, device=s.device,
-                                     seed=seed + k, progress=False, network_fn=network_fn, **opts)
+        distiller = distillers[k]
         syn = distiller.distill(images[keep], labels[keep], k, num_classes=data.num_classes, privacy=privacy, meta=meta)
         xs.append(syn.images)
         ys.append(syn.labels)

@@ -153,3 +153,28 @@ def test_client_gpus_are_checked_before_ray_starts(gpus: float, monkeypatch: pyt
     with pytest.raises(ConfigError, match="num_gpus"):
         _validate(FederatedConfig(client_resources=ClientResources(num_gpus=gpus)))
     _validate(FederatedConfig(client_resources=ClientResources(num_gpus=0.0)))  # the default passes
+
+
+def test_server_noise_reaches_every_training_batch_and_not_the_centralised_baseline(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    import fedcl.federated.task as task
+    from fedcl.data import load_dataset
+    from fedcl.federated.command import FederatedConfig, _validate, centralised, run_config
+    from fedcl.federated.task import TaskSettings, make_model, train_global
+
+    data = load_dataset("digits")
+    s = TaskSettings(width=8, lr=0.1)
+    x, y = data.train_images[:300], data.train_labels[:300]
+    clean = train_global(s, make_model(s, data, seed=0), x, y, data, epochs=30, seed=1, dsa=False)
+    drowned = train_global(dataclasses.replace(s, server_noise=100.0), make_model(s, data, seed=0), x, y, data,
+                           epochs=30, seed=1, dsa=False)
+    assert clean > 0.7 and drowned < 0.3  # noise 100x the pixel scale leaves nothing to learn from
+    assert TaskSettings.from_record(run_config(FederatedConfig(server_noise=0.5), "oneshot")).server_noise == 0.5
+    with pytest.raises(ConfigError, match="server_noise"):
+        _validate(FederatedConfig(server_noise=-1.0))
+    seen: list[float] = []
+    monkeypatch.setattr(task, "train_global", lambda s, *a, **k: seen.append(s.server_noise) or 1.0)
+    centralised(FederatedConfig(server_noise=0.5))
+    assert seen == [0.0]  # real images: the baseline trains without the summaries' noise

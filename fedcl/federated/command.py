@@ -40,8 +40,8 @@ class FederatedConfig:
     ``round_timeout`` (seconds) bounds a round: a summary round is a whole distillation per
     client, so it is generous; a client still busy at the timeout counts as a dropped summary.
     Client distillation (``method``, ``ipc``, ``iterations``, ``batch_real``, ``lr_img``, and
-    under DP ``dp_lr_img`` and ``dp_min_class_images``) is described in
-    :class:`fedcl.federated.task.TaskSettings`.
+    under DP ``dp_lr_img`` and ``dp_min_class_images``) and the server's training
+    (``server_epochs``, ``server_noise``) are described in :class:`fedcl.federated.task.TaskSettings`.
     """
 
     dataset: str = "digits"
@@ -63,6 +63,7 @@ class FederatedConfig:
     model: str = "convnet"
     width: int = 0
     server_epochs: int = 300
+    server_noise: float = 0.0
     local_epochs: int = 1
     lr: float = 0.01
     centralised: bool = True
@@ -113,6 +114,8 @@ def _validate(cfg: FederatedConfig) -> None:
                           "over rounds, which needs 'rdp' or 'prv' (gdp cannot compose them)")
     if cfg.privacy.epsilon is not None and "fedavg" in cfg.strategies:
         raise ConfigError("privacy.epsilon applies to summaries; drop 'fedavg' from strategies for a DP run")
+    if not cfg.server_noise >= 0:
+        raise ConfigError(f"server_noise must be >= 0 (a standard deviation), got {cfg.server_noise}")
     if cfg.client_resources.num_cpus <= 0:
         raise ConfigError("client_resources.num_cpus must be > 0")
     if cfg.client_resources.num_gpus < 0:
@@ -137,7 +140,7 @@ def run_config(cfg: FederatedConfig, strategy: str) -> dict[str, Any]:
         "iterations": cfg.iterations, "batch-real": cfg.batch_real, "lr-img": float(cfg.lr_img),
         "dp-lr-img": float(cfg.dp_lr_img), "dp-min-class-images": cfg.dp_min_class_images, "codec": cfg.codec,
         "model": cfg.model, "width": cfg.width,
-        "server-epochs": cfg.server_epochs, "local-epochs": cfg.local_epochs, "lr": float(cfg.lr),
+        "server-epochs": cfg.server_epochs, "server-noise": float(cfg.server_noise), "local-epochs": cfg.local_epochs, "lr": float(cfg.lr),
         "device": cfg.device, "fault": cfg.fault, "epsilon": float(cfg.privacy.epsilon or 0.0),
         "delta": float(cfg.privacy.delta), "max-grad-norm": float(cfg.privacy.max_grad_norm),
         "accountant": cfg.privacy.accountant, "dp-normalize": bool(cfg.privacy.normalize),
@@ -171,10 +174,13 @@ def simulate(cfg: FederatedConfig, strategy: str) -> dict[str, Any]:
 
 
 def centralised(cfg: FederatedConfig) -> dict[str, Any]:
-    """The same model trained on all the training data (the bar the summaries aim at)."""
+    """The same model trained on all the training data (the bar the summaries aim at; real images,
+    so without ``server_noise``, which is meant for noisy DP summaries)."""
+    import dataclasses
+
     from fedcl.federated.task import TaskSettings, load_data, make_model, train_global
 
-    s = TaskSettings.from_record(run_config(cfg, "oneshot"))
+    s = dataclasses.replace(TaskSettings.from_record(run_config(cfg, "oneshot")), server_noise=0.0)
     data = load_data(s.dataset, s.data_root)
     t0 = time.perf_counter()
     model = make_model(s, data, seed=cfg.seed)

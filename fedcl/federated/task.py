@@ -47,6 +47,11 @@ class TaskSettings:
         codec: summary codec (``float32``, ``float16``, ``uint8``).
         model, width: the network (``width`` 0 keeps the model's default).
         server_epochs: epochs the server trains on the union of summaries.
+        server_noise: standard deviation (normalised pixel units) of Gaussian noise added to every
+            summary image of each server minibatch, after DSA (0: none). DP summaries carry the
+            mechanism's noise unevenly: a small data owner's images are mostly noise texture, which
+            a model can learn as a cue for that owner's classes; noise on every image removes the
+            cue. Server-side post-processing: no privacy cost.
         local_epochs, lr, batch_size: FedAvg local training (and server training lr).
         rho: FedDM perturbation of the global model (relative std of the noise).
         epsilon, delta: DP per client (epsilon 0 means no DP).
@@ -75,6 +80,7 @@ class TaskSettings:
     model: str = "convnet"
     width: int = 0
     server_epochs: int = 300
+    server_noise: float = 0.0
     local_epochs: int = 1
     lr: float = 0.01
     batch_size: int = 64
@@ -216,14 +222,20 @@ def distill_partition(s: TaskSettings, images: torch.Tensor, labels: torch.Tenso
 
 def train_global(s: TaskSettings, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, data: ImageData,
                  *, epochs: int, seed: int, dsa: bool = True) -> float:
-    """Train ``model`` in place on ``images`` (with DSA, the evaluation protocol); return test accuracy."""
+    """Train ``model`` in place on ``images`` (with DSA, the evaluation protocol, then ``server_noise``);
+    return test accuracy."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     aug = DSA(default_strategy(data.name)) if dsa else None
-    augment = (lambda xb: aug.random(xb, gen)) if aug else None
+    noise = float(s.server_noise)
+
+    def augment(xb: torch.Tensor) -> torch.Tensor:
+        xb = aug.random(xb, gen) if aug else xb
+        return xb + noise * torch.randn(xb.shape, generator=gen).to(xb.device) if noise > 0 else xb
+
     if len(images):
-        train_model(model, images, labels, epochs=epochs, lr=s.lr, batch_size=256, augment=augment, generator=gen,
-                    device=s.device)
+        train_model(model, images, labels, epochs=epochs, lr=s.lr, batch_size=256,
+                    augment=augment if aug or noise > 0 else None, generator=gen, device=s.device)
     return accuracy(model, data.test_images, data.test_labels, device=s.device)
 
 

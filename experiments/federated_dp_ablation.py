@@ -1,0 +1,132 @@
+"""DP one-shot summaries on MNIST-6k, in process: what the server does with noisy summaries.
+
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/federated_dp_ablation.py --seed 1 \
+        --server plain noise2.0 "noise2.0#1" [--set accountant=prv] [--tag NAME]
+
+The clients of ``configs/federated/dp_oneshot_mnist.yaml`` (10 clients, Dirichlet 0.1, DP dm at
+epsilon 1 per client, the same client seeds as the Flower app) distil their partitions one after
+the other in this process (no Ray: the same functions the ClientApp calls), the union of their
+summaries is cached under ``--cache``, and the server's training is tried several ways on it:
+
+- ``plain``: the app's ``train_global`` (DSA, ``server_epochs``);
+- ``noiseS``: the same with ``server_noise=S`` (Gaussian noise on every training image);
+- ``half``: only the summaries of holders with at least half the largest holder's class size;
+- ``rep``: each summary image repeated ``round(3 (n / n_max)^2)`` times (inverse-variance weights);
+
+``MODE#k`` trains with seed offset ``k`` (another draw of the server's training randomness).
+``--init-scale`` multiplies the DP engine's noise initialisation. One JSON line per server run
+goes to ``--out`` (accuracy, accuracy per class, images, seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from fedcl.federated.task import TaskSettings, distill_partition, load_data, load_partition, make_model, train_global
+from fedcl.privacy.config import PrivacyConfig
+from fedcl.train import class_accuracy, predict
+
+BASE = dict(dataset="mnist", partition="dirichlet", alpha=0.1, ipc=10, width=32, iterations=200, batch_real=64,
+            dp_lr_img=100.0, dp_min_class_images=100, server_epochs=1000, epsilon=1.0, delta=1e-5, max_grad_norm=1.0,
+            dp_replay=9)
+
+
+def _value(name: str, text: str) -> object:
+    default = getattr(TaskSettings, name)
+    return text == "true" if isinstance(default, bool) else type(default)(text)
+
+
+def summaries(s: TaskSettings, num_clients: int) -> dict[str, torch.Tensor]:
+    """Every client's DP summary, as the ClientApp makes it (seeds included), and its class counts."""
+    data = load_data(s.dataset, s.data_root)
+    xs, ys, owners, counts = [], [], [], []
+    t0 = time.perf_counter()
+    for pid in range(num_clients):
+        images, labels = load_partition(s, pid, num_clients)
+        priv = PrivacyConfig(epsilon=s.epsilon, delta=s.delta, max_grad_norm=s.max_grad_norm, accountant=s.accountant,
+                             normalize=s.dp_normalize, center=s.dp_center, pool=s.dp_pool, replay=s.dp_replay,
+                             clamp=s.dp_clamp)
+        x, y, _ = distill_partition(s, images, labels, data, seed=s.seed * 100_003 + pid * 1009 + 1, privacy=priv)
+        xs.append(x)
+        ys.append(y)
+        owners.append(torch.full((len(y),), pid))
+        counts.append(torch.bincount(labels, minlength=data.num_classes))
+        print(f"client {pid}: {len(y)} summary images ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return {"x": torch.cat(xs), "y": torch.cat(ys), "owner": torch.cat(owners), "counts": torch.stack(counts)}
+
+
+def server_run(s: TaskSettings, blob: dict[str, torch.Tensor], mode: str, offset: int) -> dict[str, object]:
+    data = load_data(s.dataset, s.data_root)
+    x, y, owner, counts = blob["x"], blob["y"], blob["owner"], blob["counts"]
+    size = counts[owner, y].double()  # the owning client's class size, per summary image
+    largest = torch.zeros(data.num_classes, dtype=torch.float64).scatter_reduce_(0, y, size, "amax", include_self=False)
+    reps = torch.ones(len(y), dtype=torch.long)
+    if mode == "half":
+        reps = (size >= 0.5 * largest[y]).long()
+    elif mode == "rep":
+        reps = ((size / largest[y]) ** 2 * 3).round().clamp(min=1).long()
+    elif mode.startswith("noise"):
+        s = dataclasses.replace(s, server_noise=float(mode[len("noise"):]))
+    elif mode != "plain":
+        raise SystemExit(f"unknown server mode {mode!r}")
+    xi, yi = x.repeat_interleave(reps, 0), y.repeat_interleave(reps, 0)
+    t0 = time.perf_counter()
+    model = make_model(s, data, seed=s.seed)
+    acc = train_global(s, model, xi, yi, data, epochs=s.server_epochs, seed=s.seed + 1 + offset)
+    per_class = class_accuracy(predict(model, data.test_images), data.test_labels, data.num_classes)
+    return {"seed": s.seed, "server": mode, "train_seed": s.seed + 1 + offset, "accuracy": acc,
+            "class_accuracy": [round(a, 3) for a in per_class], "images": int(len(yi)),
+            "seconds": round(time.perf_counter() - t0)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--root", default="../shared/data")
+    p.add_argument("--set", nargs="*", default=[], help="TaskSettings overrides, snake_case key=value")
+    p.add_argument("--server", nargs="*", default=["plain"])
+    p.add_argument("--init-scale", type=float, default=1.0)
+    p.add_argument("--tag", default="base")
+    p.add_argument("--cache", default="/tmp/fedcl_dp_ablation")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "federated_dp_ablation.jsonl"))
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    kw = {**BASE, "seed": args.seed, "data_root": args.root}
+    for item in args.set:
+        key, _, text = item.partition("=")
+        kw[key] = _value(key, text)
+    s = TaskSettings(**kw)
+    if args.init_scale != 1.0:
+        import fedcl.privacy.engines as engines
+
+        setup = engines._setup
+
+        def scaled(*a: object, **k: object) -> tuple:
+            mech, syn, group, expected = setup(*a, **k)
+            return mech, syn * args.init_scale, group, expected
+
+        engines._setup = scaled
+    cache = Path(args.cache) / f"{args.tag}_seed{args.seed}.pt"
+    if cache.exists():
+        blob = torch.load(cache, weights_only=True)
+    else:
+        blob = summaries(s, 10)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(blob, cache)
+    for spec in args.server:
+        mode, _, offset = spec.partition("#")
+        rec = {"tag": args.tag, "set": args.set, "init_scale": args.init_scale,
+               **server_run(s, blob, mode, int(offset or 0))}
+        print(json.dumps(rec), flush=True)
+        with open(args.out, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+
+if __name__ == "__main__":
+    main()

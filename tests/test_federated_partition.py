@@ -81,8 +81,6 @@ def test_dp_clients_summarise_only_classes_large_enough_for_their_noise() -> Non
 
 
 def test_a_client_over_its_budget_is_refused_before_it_reads_its_partition(monkeypatch: pytest.MonkeyPatch) -> None:
-    import torch
-
     from fedcl.data import load_dataset
     from fedcl.distill.base import Distiller
     from fedcl.errors import PrivacyError
@@ -103,7 +101,6 @@ def test_a_client_over_its_budget_is_refused_before_it_reads_its_partition(monke
     with pytest.raises(PrivacyError, match="budget"):
         distill_partition(s, images, labels, data, seed=1, privacy=priv, ledger=ledger)
     assert calls == [] and len(ledger.releases) == 1  # refused before any data was read; nothing recorded
-    assert torch.equal(labels, data.train_labels[keep])
 
 
 def test_federated_dp_needs_an_accountant_that_composes_rounds() -> None:

@@ -29,7 +29,6 @@ from pathlib import Path
 import torch
 
 from fedcl.federated.task import TaskSettings, distill_partition, load_data, load_partition, make_model, train_global
-from fedcl.privacy.config import PrivacyConfig
 from fedcl.train import class_accuracy, predict
 
 BASE = dict(dataset="mnist", partition="dirichlet", alpha=0.1, ipc=10, width=32, iterations=200, batch_real=64,
@@ -49,10 +48,8 @@ def summaries(s: TaskSettings, num_clients: int) -> dict[str, torch.Tensor]:
     t0 = time.perf_counter()
     for pid in range(num_clients):
         images, labels = load_partition(s, pid, num_clients)
-        priv = PrivacyConfig(epsilon=s.epsilon, delta=s.delta, max_grad_norm=s.max_grad_norm, accountant=s.accountant,
-                             normalize=s.dp_normalize, center=s.dp_center, pool=s.dp_pool, replay=s.dp_replay,
-                             clamp=s.dp_clamp)
-        x, y, _ = distill_partition(s, images, labels, data, seed=s.seed * 100_003 + pid * 1009 + 1, privacy=priv)
+        x, y, _ = distill_partition(s, images, labels, data, seed=s.seed * 100_003 + pid * 1009 + 1,
+                                    privacy=s.privacy_config())
         xs.append(x)
         ys.append(y)
         owners.append(torch.full((len(y),), pid))

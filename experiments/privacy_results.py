@@ -87,8 +87,9 @@ def _audit_checks(summ: list[dict]) -> list[str]:
             cmp = "; ".join(f"{'below' if a < ra else 'not below'} {name} {ra:.3f} ± {rse or 0:.3f}"
                             for name, ra, rse in refs)
             gap = abs(a - 0.5)
-            close = (f"; the margin, {abs(0.02 - gap):.4f}, is inside one standard error: the true AUC may lie on "
-                     "either side of the bound" if se and abs(0.02 - gap) < se else "")
+            margin = abs(0.02 - gap)
+            close = (f"; the margin, {margin:.4f}, is inside one standard error: the true AUC may lie on "
+                     "either side of the bound" if se and margin < se else "")
             out.append(f"- DP dm ε = {s['target_epsilon']:g}, {attack} attack: AUC {a:.4f} ± {se or 0:.3f} "
                        f"(|AUC − 0.5| = {gap:.4f}, target ≤ 0.02: "
                        f"**{'met' if gap <= 0.02 else 'not met'}**{close}); {cmp}")

@@ -107,16 +107,13 @@ def _privacy(s: TaskSettings, context: Context, rounds: int):
     """
     if not s.epsilon:
         return None, None
-    from fedcl.privacy.config import PrivacyConfig
     from fedcl.privacy.ledger import PrivacyLedger
 
     saved = context.state.config_records.get("privacy-ledger")
     ledger = (PrivacyLedger.from_dict(json.loads(str(saved["json"]))) if saved is not None
               else PrivacyLedger(epsilon=s.epsilon, delta=s.delta, accountant=s.accountant,
                              owner=f"client-{context.node_id}"))
-    return PrivacyConfig(epsilon=s.epsilon / max(rounds, 1), delta=s.delta, max_grad_norm=s.max_grad_norm,
-                         accountant=s.accountant, normalize=s.dp_normalize, center=s.dp_center, pool=s.dp_pool,
-                         replay=s.dp_replay, clamp=s.dp_clamp, secure_mode=s.secure_mode), ledger
+    return s.privacy_config(rounds), ledger
 
 
 def _spend(ledger, groups: list[dict], context: Context, server_round: int) -> float:

@@ -86,6 +86,7 @@ def _validate(cfg: FederatedConfig) -> None:
     from fedcl.distill import list_distillers
     from fedcl.federated.codec import CODECS
     from fedcl.federated.server_app import STRATEGIES
+    from fedcl.privacy.ledger import LEDGER_ACCOUNTANTS
 
     for name in cfg.strategies:
         if name not in STRATEGIES:
@@ -109,9 +110,10 @@ def _validate(cfg: FederatedConfig) -> None:
                           "not privacy.sample_rate")
     if cfg.privacy.epsilon is not None and not cfg.privacy.epsilon > 0:
         raise ConfigError(f"privacy.epsilon must be > 0, got {cfg.privacy.epsilon}")
-    if cfg.privacy.epsilon is not None and cfg.privacy.accountant not in ("rdp", "prv"):
+    if cfg.privacy.epsilon is not None and cfg.privacy.accountant not in LEDGER_ACCOUNTANTS:
         raise ConfigError(f"privacy.accountant={cfg.privacy.accountant!r}: a client's ledger composes its releases "
-                          "over rounds, which needs 'rdp' or 'prv' (gdp cannot compose them)")
+                          f"over rounds, which needs {' or '.join(map(repr, LEDGER_ACCOUNTANTS))} (gdp cannot compose "
+                          "them)")
     if cfg.privacy.epsilon is not None and "fedavg" in cfg.strategies:
         raise ConfigError("privacy.epsilon applies to summaries; drop 'fedavg' from strategies for a DP run")
     if not cfg.server_noise >= 0:

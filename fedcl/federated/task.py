@@ -116,6 +116,17 @@ class TaskSettings:
     def model_kwargs(self) -> dict[str, Any]:
         return {"width": self.width} if self.width else {}
 
+    def privacy_config(self, rounds: int = 1) -> Any:
+        """The client's DP block for one of ``rounds`` releases (``epsilon / rounds`` each), or None without DP."""
+        if not self.epsilon:
+            return None
+        from fedcl.privacy.config import PrivacyConfig
+
+        return PrivacyConfig(epsilon=self.epsilon / max(rounds, 1), delta=self.delta, max_grad_norm=self.max_grad_norm,
+                             accountant=self.accountant, normalize=self.dp_normalize, center=self.dp_center,
+                             pool=self.dp_pool, replay=self.dp_replay, clamp=self.dp_clamp,
+                             secure_mode=self.secure_mode)
+
     def faults(self) -> dict[int, str]:
         """``fault`` parsed as ``{partition_id: kind}``."""
         out = {}

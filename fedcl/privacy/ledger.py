@@ -35,9 +35,10 @@ from typing import Any
 from fedcl.errors import PrivacyError
 from fedcl.privacy.accounting import DPParams, make_accountant
 
-__all__ = ["PrivacyLedger"]
+__all__ = ["LEDGER_ACCOUNTANTS", "PrivacyLedger"]
 
-_LEDGER_ACCOUNTANTS = ("rdp", "prv")
+#: accountants that can compose different releases (gdp cannot)
+LEDGER_ACCOUNTANTS = ("rdp", "prv")
 
 
 def _entry(release: DPParams | dict[str, Any]) -> tuple[float, float, int]:
@@ -69,8 +70,8 @@ class PrivacyLedger:
             raise PrivacyError(f"a ledger's epsilon budget must be a positive finite number, got {epsilon}")
         if not 0 < float(delta) < 1:
             raise PrivacyError(f"a ledger's delta must be in (0, 1), got {delta}")
-        if accountant not in _LEDGER_ACCOUNTANTS:
-            raise PrivacyError(f"the ledger composes releases with {' or '.join(_LEDGER_ACCOUNTANTS)}, "
+        if accountant not in LEDGER_ACCOUNTANTS:
+            raise PrivacyError(f"the ledger composes releases with {' or '.join(LEDGER_ACCOUNTANTS)}, "
                                f"not {accountant!r} (gdp cannot compose different mechanisms)")
         self.epsilon = float(epsilon)
         self.delta = float(delta)

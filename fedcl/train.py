@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedcl.utils import resolve_device
+
 __all__ = ["accuracy", "class_accuracy", "predict", "train_model"]
 
 Augment = Callable[[torch.Tensor], torch.Tensor]
@@ -35,7 +37,7 @@ def train_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
     Returns:
         The trained model (the same object).
     """
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = resolve_device(device) if device is not None else next(model.parameters()).device
     model.to(device).train()
     x, y = images.to(device), labels.to(device)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -60,10 +62,14 @@ def train_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, *, batch_size: int = 1024,
             device: torch.device | str | None = None) -> torch.Tensor:
-    """The class ``model`` predicts for each of ``images`` (a CPU tensor of ints), in eval mode."""
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    """The class ``model`` predicts for each of ``images`` (a CPU tensor of ints), in eval mode.
+
+    ``device`` (``auto``, ``cpu``, ``cuda``...; default: the model's) is where the model is moved
+    and the batches run.
+    """
+    device = resolve_device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
-    model.eval()
+    model.to(device).eval()
     out = [model(images[start:start + batch_size].to(device)).argmax(1).cpu()
            for start in range(0, images.shape[0], batch_size)]
     model.train(was_training)

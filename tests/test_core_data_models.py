@@ -82,3 +82,18 @@ def test_predict_accuracy_and_class_accuracy_agree() -> None:
     assert math.isnan(per[2])
     assert accuracy(net, x, y) == pytest.approx((20 * per[0] + 30 * per[1]) / 50)
     assert net.training  # predict restores the mode it found
+
+
+def test_predict_and_train_take_auto_and_move_the_model() -> None:
+    """``device="auto"`` (the configs' default) resolves like everywhere else, and the model goes
+    to the device the batches go to (the ServerApp evaluates a CPU-built model on ``device``)."""
+    from fedcl.train import predict, train_model
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    x, y = torch.randn(20, 1, 2, 2), torch.randint(0, 3, (20,))
+    train_model(net, x, y, epochs=1, device="auto")
+    assert predict(net, x, device="auto").shape == (20,)
+    if torch.cuda.is_available():
+        net.cpu()
+        assert predict(net, x, device="cuda").device.type == "cpu"  # predictions come back to the CPU
+        assert next(net.parameters()).device.type == "cuda"

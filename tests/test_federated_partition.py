@@ -152,6 +152,33 @@ def test_client_gpus_are_checked_before_ray_starts(gpus: float, monkeypatch: pyt
     _validate(FederatedConfig(client_resources=ClientResources(num_gpus=0.0)))  # the default passes
 
 
+def test_cuda_clients_must_reserve_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray hides the GPUs from a client with num_gpus=0, so device=cuda would fail inside every actor."""
+    import torch
+
+    from fedcl.federated.command import ClientResources, FederatedConfig, _validate
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(ConfigError, match="device=cuda needs client_resources.num_gpus > 0"):
+        _validate(FederatedConfig(device="cuda"))
+    _validate(FederatedConfig(device="cuda", client_resources=ClientResources(num_gpus=0.2)))
+
+
+def test_federated_modules_import_without_avalanche() -> None:
+    """A Flower server or client needs no continual-learning stack: the summaries strategies, the
+    ServerApp and the ClientApp import with Avalanche blocked."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['avalanche'] = None\n"
+            "import strategies.summaries, fedcl.federated.server_app, fedcl.federated.client_app\n"
+            "import strategies\n"
+            "try:\n    strategies.DistilledReplay\nexcept ImportError:\n    print('replay needs avalanche')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "replay needs avalanche"
+
+
 def test_server_noise_reaches_every_training_batch_and_not_the_centralised_baseline(
         monkeypatch: pytest.MonkeyPatch) -> None:
     import dataclasses

@@ -122,6 +122,9 @@ def _validate(cfg: FederatedConfig) -> None:
         raise ConfigError("client_resources.num_cpus must be > 0")
     if cfg.client_resources.num_gpus < 0:
         raise ConfigError(f"client_resources.num_gpus must be >= 0, got {cfg.client_resources.num_gpus}")
+    if cfg.device.startswith("cuda") and cfg.client_resources.num_gpus == 0:
+        raise ConfigError(f"device={cfg.device} needs client_resources.num_gpus > 0 (e.g. 0.2 lets five clients "
+                          "share a GPU): Ray hides the GPUs from a client that reserves none")
     if cfg.client_resources.num_gpus > 0:
         import torch
 
@@ -204,7 +207,11 @@ def run_federated(cfg: FederatedConfig) -> dict[str, Any]:
         r.pop("config", None)
         results[name] = r
     metrics: dict[str, Any] = {"dataset": cfg.dataset, "num_clients": cfg.num_clients, "partition": cfg.partition,
-                               "alpha": cfg.alpha, "codec": cfg.codec, "ipc": cfg.ipc, "strategies": results}
+                               "alpha": cfg.alpha, "codec": cfg.codec, "ipc": cfg.ipc, "device": cfg.device,
+                               "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                               "client_resources": {"num_cpus": cfg.client_resources.num_cpus,
+                                                    "num_gpus": cfg.client_resources.num_gpus},
+                               "strategies": results}
     if cfg.centralised:
         metrics["centralised"] = centralised(cfg)
     metrics["seconds"] = time.perf_counter() - t0

@@ -78,6 +78,11 @@ def write_report(folder: Path, metrics: dict[str, Any]) -> None:
     """Write ``results.md`` and ``accuracy_vs_bytes.png`` into ``folder``."""
     head = (f"# fedcl federated: {metrics['dataset']}, {metrics['num_clients']} clients, {metrics['partition']} "
             f"(alpha {metrics['alpha']}), ipc {metrics['ipc']}, codec {metrics['codec']}\n\n")
+    if "device" in metrics:  # metrics.json written before the device was recorded lack it
+        gpu = f" ({metrics['gpu']})" if metrics.get("gpu") and metrics["device"] != "cpu" else ""
+        res = metrics.get("client_resources", {})
+        head += (f"Device: {metrics['device']}{gpu}; each client reserves {res.get('num_cpus', '?')} CPU and "
+                 f"{res.get('num_gpus', '?')} GPU. Total time {metrics.get('seconds', float('nan')):.0f} s.\n\n")
     per_class = class_table(metrics)
     (folder / "results.md").write_text(head + results_table(metrics) + "\n\n" + (per_class + "\n\n" if per_class else "")
                                        + "![accuracy vs bytes](accuracy_vs_bytes.png)\n")

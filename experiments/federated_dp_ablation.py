@@ -12,6 +12,8 @@ summaries is cached under ``--cache``, and the server's training is tried severa
 - ``noiseS``: the same with ``server_noise=S`` (Gaussian noise on every training image);
 - ``half``: only the summaries of holders with at least half the largest holder's class size;
 - ``rep``: each summary image repeated ``round(3 (n / n_max)^2)`` times (inverse-variance weights);
+- ``MODE+selR``: MODE on the summaries that ``fedcl.federated.select.select_summaries`` keeps at
+  ``max_ratio=R`` (per class, the clients whose images are at most R times as rough as the smoothest);
 
 ``MODE#k`` trains with seed offset ``k`` (another draw of the server's training randomness).
 ``--init-scale`` multiplies the DP engine's noise initialisation. One JSON line per server run
@@ -28,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from fedcl.federated.select import select_summaries
 from fedcl.federated.task import TaskSettings, distill_partition, load_data, load_partition, make_model, train_global
 from fedcl.train import class_accuracy, predict
 
@@ -64,10 +67,14 @@ def server_run(s: TaskSettings, blob: dict[str, torch.Tensor], mode: str, offset
     size = counts[owner, y].double()  # the owning client's class size, per summary image
     largest = torch.zeros(data.num_classes, dtype=torch.float64).scatter_reduce_(0, y, size, "amax", include_self=False)
     reps = torch.ones(len(y), dtype=torch.long)
+    mode, _, select = mode.partition("+sel")
+    if select:
+        reps = select_summaries(x, y, owner, float(select)).long()
+        mode = mode or "plain"
     if mode == "half":
-        reps = (size >= 0.5 * largest[y]).long()
+        reps = reps * (size >= 0.5 * largest[y]).long()
     elif mode == "rep":
-        reps = ((size / largest[y]) ** 2 * 3).round().clamp(min=1).long()
+        reps = reps * ((size / largest[y]) ** 2 * 3).round().clamp(min=1).long()
     elif mode.startswith("noise"):
         s = dataclasses.replace(s, server_noise=float(mode[len("noise"):]))
     elif mode != "plain":
@@ -77,7 +84,7 @@ def server_run(s: TaskSettings, blob: dict[str, torch.Tensor], mode: str, offset
     model = make_model(s, data, seed=s.seed)
     acc = train_global(s, model, xi, yi, data, epochs=s.server_epochs, seed=s.seed + 1 + offset)
     per_class = class_accuracy(predict(model, data.test_images), data.test_labels, data.num_classes)
-    return {"seed": s.seed, "server": mode, "train_seed": s.seed + 1 + offset, "accuracy": acc,
+    return {"seed": s.seed, "server": mode + (f"+sel{select}" if select else ""), "train_seed": s.seed + 1 + offset, "accuracy": acc,
             "class_accuracy": [round(a, 3) for a in per_class], "images": int(len(yi)),
             "seconds": round(time.perf_counter() - t0)}
 

@@ -26,6 +26,7 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from flwr.supercore import log
 
 from fedcl.errors import SummaryRejected
+from fedcl.federated.select import select_summaries
 from fedcl.federated.validate import SummarySpec, validate_summary
 
 __all__ = ["FedDMSummaries", "OneShotSummaries", "SummaryStrategy", "TrainFn"]
@@ -59,12 +60,17 @@ class SummaryStrategy(Strategy):
         Wait for this many connected nodes before sampling.
     min_summaries : int (default: 1)
         Fail the round when fewer valid summaries than this arrive.
+    select_ratio : float (default: 0.0)
+        If > 0, train on a selection of the union: per class, the summaries of the clients
+        whose images of that class are at most this many times as rough as the smoothest
+        client's (:func:`fedcl.federated.select.select_summaries`; for noisy DP summaries,
+        whose small holders send mostly noise texture). 0 trains on the whole union.
     """
 
     # pylint: disable=too-many-arguments
     def __init__(self, train_fn: TrainFn, spec: SummarySpec, *, codec: str = "float32", send_model: bool = False,
                  accumulate: bool = True, fraction_train: float = 1.0, min_train_nodes: int = 2,
-                 min_available_nodes: int = 2, min_summaries: int = 1) -> None:
+                 min_available_nodes: int = 2, min_summaries: int = 1, select_ratio: float = 0.0) -> None:
         self.train_fn = train_fn
         self.spec = spec
         self.codec = codec
@@ -74,24 +80,37 @@ class SummaryStrategy(Strategy):
         self.min_train_nodes = min_train_nodes
         self.min_available_nodes = min_available_nodes
         self.min_summaries = min_summaries
+        self.select_ratio = select_ratio
         self.dropped: list[dict[str, object]] = []
         self.summaries: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.client_metrics: dict[int, list[dict[str, object]]] = {}
         self._arrays = ArrayRecord()
         self._asked: set[int] = set()
+        self._trained_labels: torch.Tensor | None = None
 
     @property
     def union_class_images(self) -> list[int] | None:
-        """Images per class in the union of summaries the server last trained on (None before any)."""
-        if not self.summaries:
+        """Images per class in the union of summaries the server last trained on (after
+        ``select_ratio``'s selection; None before any)."""
+        if self._trained_labels is None:
             return None
+        return torch.bincount(self._trained_labels.long(), minlength=self.spec.num_classes).tolist()
+
+    def training_set(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The images and labels the global model trains on (the union of the kept summaries,
+        selected by ``select_ratio``) and how many union images the selection set aside."""
+        images = torch.cat([x for x, _ in self.summaries.values()])
         labels = torch.cat([y for _, y in self.summaries.values()])
-        return torch.bincount(labels.long(), minlength=self.spec.num_classes).tolist()
+        if not self.select_ratio:
+            return images, labels, 0
+        owners = torch.cat([torch.full((len(y),), node) for node, (_, y) in self.summaries.items()])
+        keep = select_summaries(images, labels, owners, self.select_ratio)
+        return images[keep], labels[keep], int((~keep).sum())
 
     def summary(self) -> None:
         """Log the strategy's configuration."""
-        log(INFO, "\t├──> %s: codec=%s send_model=%s accumulate=%s", type(self).__name__, self.codec,
-            self.send_model, self.accumulate)
+        log(INFO, "\t├──> %s: codec=%s send_model=%s accumulate=%s select_ratio=%s", type(self).__name__,
+            self.codec, self.send_model, self.accumulate, self.select_ratio)
         log(INFO, "\t└──> Sampling: fraction %.2f, min nodes %d, min valid summaries %d", self.fraction_train,
             self.min_train_nodes, self.min_summaries)
 
@@ -142,11 +161,11 @@ class SummaryStrategy(Strategy):
             raise SummaryRejected(f"round {server_round}: only {len(fresh)} valid summaries, fewer than the minimum "
                                   f"{self.min_summaries} ({reasons})")
         self.summaries = {**self.summaries, **fresh} if self.accumulate else fresh
-        images = torch.cat([x for x, _ in self.summaries.values()])
-        labels = torch.cat([y for _, y in self.summaries.values()])
+        images, labels, set_aside = self.training_set()
+        self._trained_labels = labels
         arrays = self.train_fn(images, labels, self._arrays, server_round)
         metrics = MetricRecord({"valid-summaries": len(fresh), "union-images": int(len(labels)),
-                                "union-class-images": self.union_class_images,
+                                "set-aside-images": set_aside, "union-class-images": self.union_class_images,
                                 "dropped-summaries": sum(d["round"] == server_round for d in self.dropped)})
         return arrays, metrics
 

@@ -202,3 +202,13 @@ def test_server_noise_reaches_every_training_batch_and_not_the_centralised_basel
     monkeypatch.setattr(task, "train_global", lambda s, *a, **k: seen.append(s.server_noise) or 1.0)
     centralised(FederatedConfig(server_noise=0.5))
     assert seen == [0.0]  # real images: the baseline trains without the summaries' noise
+
+
+@pytest.mark.parametrize("ratio", [-1.0, 0.5])
+def test_server_select_is_off_or_a_ratio_of_at_least_one(ratio: float) -> None:
+    from fedcl.federated.command import FederatedConfig, _validate, run_config
+    from fedcl.federated.task import TaskSettings
+
+    with pytest.raises(ConfigError, match="server_select"):
+        _validate(FederatedConfig(server_select=ratio))
+    assert TaskSettings.from_record(run_config(FederatedConfig(server_select=2.0), "oneshot")).server_select == 2.0

@@ -41,7 +41,7 @@ class FederatedConfig:
     client, so it is generous; a client still busy at the timeout counts as a dropped summary.
     Client distillation (``method``, ``ipc``, ``iterations``, ``batch_real``, ``lr_img``, and
     under DP ``dp_lr_img`` and ``dp_min_class_images``) and the server's training
-    (``server_epochs``, ``server_noise``) are described in :class:`fedcl.federated.task.TaskSettings`.
+    (``server_epochs``, ``server_noise``, ``server_select``) are described in :class:`fedcl.federated.task.TaskSettings`.
     """
 
     dataset: str = "digits"
@@ -64,6 +64,7 @@ class FederatedConfig:
     width: int = 0
     server_epochs: int = 300
     server_noise: float = 0.0
+    server_select: float = 0.0
     local_epochs: int = 1
     lr: float = 0.01
     centralised: bool = True
@@ -118,6 +119,8 @@ def _validate(cfg: FederatedConfig) -> None:
         raise ConfigError("privacy.epsilon applies to summaries; drop 'fedavg' from strategies for a DP run")
     if not cfg.server_noise >= 0:
         raise ConfigError(f"server_noise must be >= 0 (a standard deviation), got {cfg.server_noise}")
+    if cfg.server_select != 0 and not cfg.server_select >= 1:
+        raise ConfigError(f"server_select must be 0 (off) or >= 1 (a roughness ratio), got {cfg.server_select}")
     if cfg.client_resources.num_cpus <= 0:
         raise ConfigError("client_resources.num_cpus must be > 0")
     if cfg.client_resources.num_gpus < 0:
@@ -145,7 +148,8 @@ def run_config(cfg: FederatedConfig, strategy: str) -> dict[str, Any]:
         "iterations": cfg.iterations, "batch-real": cfg.batch_real, "lr-img": float(cfg.lr_img),
         "dp-lr-img": float(cfg.dp_lr_img), "dp-min-class-images": cfg.dp_min_class_images, "codec": cfg.codec,
         "model": cfg.model, "width": cfg.width, "server-epochs": cfg.server_epochs,
-        "server-noise": float(cfg.server_noise), "local-epochs": cfg.local_epochs, "lr": float(cfg.lr),
+        "server-noise": float(cfg.server_noise), "server-select": float(cfg.server_select),
+        "local-epochs": cfg.local_epochs, "lr": float(cfg.lr),
         "device": cfg.device, "fault": cfg.fault, "epsilon": float(cfg.privacy.epsilon or 0.0),
         "delta": float(cfg.privacy.delta), "max-grad-norm": float(cfg.privacy.max_grad_norm),
         "accountant": cfg.privacy.accountant, "dp-normalize": bool(cfg.privacy.normalize),

@@ -40,14 +40,14 @@ STRATEGIES: Registry[tuple[Strategy, int, str]] = Registry("federated strategy")
 def _oneshot(s: TaskSettings, cfg: dict, spec: SummarySpec, train_fn: Callable) -> tuple[Strategy, int, str]:
     n = int(cfg["min-nodes"])
     return OneShotSummaries(train_fn, spec, codec=s.codec, min_train_nodes=n, min_available_nodes=n,
-                            min_summaries=int(cfg["min-summaries"])), 1, "summary"
+                            min_summaries=int(cfg["min-summaries"]), select_ratio=s.server_select), 1, "summary"
 
 
 @STRATEGIES.register("feddm")
 def _feddm(s: TaskSettings, cfg: dict, spec: SummarySpec, train_fn: Callable) -> tuple[Strategy, int, str]:
     n = int(cfg["min-nodes"])
     return FedDMSummaries(train_fn, spec, codec=s.codec, min_train_nodes=n, min_available_nodes=n,
-                          min_summaries=int(cfg["min-summaries"])), int(cfg["num-rounds"]), "summary"
+                          min_summaries=int(cfg["min-summaries"]), select_ratio=s.server_select), int(cfg["num-rounds"]), "summary"
 
 
 @STRATEGIES.register("fedavg")

@@ -52,6 +52,12 @@ class TaskSettings:
             mechanism's noise unevenly: a small data owner's images are mostly noise texture, which
             a model can learn as a cue for that owner's classes; noise on every image removes the
             cue. Server-side post-processing: no privacy cost.
+        server_select: if > 0, the server trains, per class, on the summaries of the clients whose
+            images of that class are at most this many times as rough (mean squared difference of
+            neighbouring pixels) as the smoothest client's (0: on all of them). Under DP roughness
+            falls steeply with a client's class size, so this sets aside the small holders' mostly-noise
+            summaries of a class that a larger holder also sent, and keeps a class's only sources.
+            Post-processing of released images: no privacy cost.
         local_epochs, lr, batch_size: FedAvg local training (and server training lr).
         rho: FedDM perturbation of the global model (relative std of the noise).
         epsilon, delta: DP per client (epsilon 0 means no DP).
@@ -81,6 +87,7 @@ class TaskSettings:
     width: int = 0
     server_epochs: int = 300
     server_noise: float = 0.0
+    server_select: float = 0.0
     local_epochs: int = 1
     lr: float = 0.01
     batch_size: int = 64

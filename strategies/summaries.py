@@ -103,7 +103,8 @@ class SummaryStrategy(Strategy):
         labels = torch.cat([y for _, y in self.summaries.values()])
         if not self.select_ratio:
             return images, labels, 0
-        owners = torch.cat([torch.full((len(y),), node) for node, (_, y) in self.summaries.items()])
+        # owners by position: Flower node ids are unsigned 64-bit and overflow an int64 tensor
+        owners = torch.cat([torch.full((len(y),), i) for i, (_, y) in enumerate(self.summaries.values())])
         keep = select_summaries(images, labels, owners, self.select_ratio)
         return images[keep], labels[keep], int((~keep).sum())
 

@@ -56,7 +56,8 @@ def test_run_fails_clearly_below_the_minimum_of_valid_summaries() -> None:
 def test_command_writes_the_run_folder(tmp_path, capsys) -> None:
     out = tmp_path / "run"
     argv = [f"{k}={v}" for k, v in TINY.items()] + [
-        "num_clients=3", "strategies=[oneshot,feddm,fedavg]", "rounds=2", "feddm_rounds=2", "codec=float16", f"out={out}"]
+        "num_clients=3", "strategies=[oneshot,feddm,fedavg]", "rounds=2", "feddm_rounds=2", "codec=float16",
+        "server_select=1", f"out={out}"]
     assert main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert (out / "config.yaml").is_file() and (out / "results.md").is_file()
@@ -77,5 +78,7 @@ def test_command_writes_the_run_folder(tmp_path, capsys) -> None:
     assert 0.0 <= metrics["centralised"]["final_accuracy"] <= 1.0
     # FedAvg trains on no summaries; the per-class table names every strategy
     assert s["fedavg"]["summary_class_images"] is None and sum(s["feddm"]["summary_class_images"]) > 0
+    # server_select=1 trains on one client's summary per class (the smoothest): at most ipc images each
+    assert max(s["oneshot"]["summary_class_images"]) <= TINY["ipc"] < s["oneshot"]["summary_images"]
     assert "| fedavg | " in (out / "results.md").read_text().split("Final accuracy on each class")[1]
     assert "oneshot" in capsys.readouterr().out

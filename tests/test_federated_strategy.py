@@ -27,9 +27,10 @@ def test_select_ratio_sets_aside_rough_summaries_of_a_class_a_smoother_client_al
     smooth, rough = stroke + 0.1 * torch.randn(stroke.shape, generator=gen), stroke + 2 * torch.randn(stroke.shape,
                                                                                                      generator=gen)
     spec = SummarySpec((1, 8, 8), 10, 100, 10**6)
-    # node 5 sends a smooth class 0; node 9 a rough class 0 and the only (rough) class 1
+    # node 5 sends a smooth class 0; node `big` a rough class 0 and the only (rough) class 1
+    big = 2**64 - 5  # Flower node ids are unsigned 64-bit
     summaries = {5: (smooth, torch.zeros(4, dtype=torch.long)),
-                 9: (torch.cat([rough, rough.flip(0)]), torch.tensor([0] * 4 + [1] * 4))}
+                 big: (torch.cat([rough, rough.flip(0)]), torch.tensor([0] * 4 + [1] * 4))}
     cfg = {**SERVER_DEFAULTS, "min-nodes": 2}
     strategy, _, _ = STRATEGIES.get("oneshot")(TaskSettings(server_select=2.0), cfg, spec, lambda *a: None)
     assert strategy.select_ratio == 2.0  # the ServerApp passes server_select on

@@ -3,7 +3,7 @@
 Under DP every client's summary of a class carries the mechanism's noise, whose size falls as the
 client's class grows (the noise is added to a sum over the class; its mean is what DM matches). A
 small holder's images are mostly high-frequency noise texture, a large holder's show the digit.
-The server cannot see class sizes, but it can see the texture: the mean squared difference between
+Clients do not send their class sizes, but the server can see the texture: the mean squared difference between
 neighbouring pixels (``roughness``) of a client's images of a class rises steeply as that client's
 class shrinks (measured here on DP-DM MNIST summaries at epsilon 1: about 12 at 600 images, 35 at
 340, 85 at 170, 160 at 110). ``select_summaries`` keeps, for each class, the clients whose

@@ -31,7 +31,15 @@ from pathlib import Path
 import torch
 
 from fedcl.federated.select import select_summaries
-from fedcl.federated.task import TaskSettings, distill_partition, load_data, load_partition, make_model, train_global
+from fedcl.federated.task import (
+    TaskSettings,
+    client_seed,
+    distill_partition,
+    load_data,
+    load_partition,
+    make_model,
+    train_global,
+)
 from fedcl.train import class_accuracy, predict
 
 BASE = dict(dataset="mnist", partition="dirichlet", alpha=0.1, ipc=10, width=32, iterations=200, batch_real=64,
@@ -51,7 +59,7 @@ def summaries(s: TaskSettings, num_clients: int) -> dict[str, torch.Tensor]:
     t0 = time.perf_counter()
     for pid in range(num_clients):
         images, labels = load_partition(s, pid, num_clients)
-        x, y, _ = distill_partition(s, images, labels, data, seed=s.seed * 100_003 + pid * 1009 + 1,
+        x, y, _ = distill_partition(s, images, labels, data, seed=client_seed(s, pid),
                                     privacy=s.privacy_config())
         xs.append(x)
         ys.append(y)
@@ -67,24 +75,23 @@ def server_run(s: TaskSettings, blob: dict[str, torch.Tensor], mode: str, offset
     size = counts[owner, y].double()  # the owning client's class size, per summary image
     largest = torch.zeros(data.num_classes, dtype=torch.float64).scatter_reduce_(0, y, size, "amax", include_self=False)
     reps = torch.ones(len(y), dtype=torch.long)
-    mode, _, select = mode.partition("+sel")
+    base, _, select = mode.partition("+sel")
     if select:
         reps = select_summaries(x, y, owner, float(select)).long()
-        mode = mode or "plain"
-    if mode == "half":
+    if base == "half":
         reps = reps * (size >= 0.5 * largest[y]).long()
-    elif mode == "rep":
+    elif base == "rep":
         reps = reps * ((size / largest[y]) ** 2 * 3).round().clamp(min=1).long()
-    elif mode.startswith("noise"):
-        s = dataclasses.replace(s, server_noise=float(mode[len("noise"):]))
-    elif mode != "plain":
+    elif base.startswith("noise"):
+        s = dataclasses.replace(s, server_noise=float(base[len("noise"):]))
+    elif base not in ("plain", ""):
         raise SystemExit(f"unknown server mode {mode!r}")
     xi, yi = x.repeat_interleave(reps, 0), y.repeat_interleave(reps, 0)
     t0 = time.perf_counter()
     model = make_model(s, data, seed=s.seed)
     acc = train_global(s, model, xi, yi, data, epochs=s.server_epochs, seed=s.seed + 1 + offset)
     per_class = class_accuracy(predict(model, data.test_images), data.test_labels, data.num_classes)
-    return {"seed": s.seed, "server": mode + (f"+sel{select}" if select else ""), "train_seed": s.seed + 1 + offset, "accuracy": acc,
+    return {"seed": s.seed, "server": mode, "train_seed": s.seed + 1 + offset, "accuracy": acc,
             "class_accuracy": [round(a, 3) for a in per_class], "images": int(len(yi)),
             "seconds": round(time.perf_counter() - t0)}
 

@@ -28,6 +28,7 @@ from federated_common import environment  # noqa: E402
 from fedcl.federated.codec import encode_summary  # noqa: E402
 from fedcl.federated.task import (  # noqa: E402
     TaskSettings,
+    client_seed,
     distill_partition,
     load_data,
     load_partition,
@@ -57,7 +58,7 @@ def main() -> None:
     xs, ys, up = [], [], 0
     for pid in range(clients):
         x, y = load_partition(s, pid, clients)
-        sx, sy, _ = distill_partition(s, x, y, data, seed=s.seed * 100_003 + pid * 1009 + 1)
+        sx, sy, _ = distill_partition(s, x, y, data, seed=client_seed(s, pid))
         up += encode_summary(sx, sy, s.codec).count_bytes()
         xs.append(sx)
         ys.append(sy)

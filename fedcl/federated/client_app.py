@@ -25,6 +25,7 @@ from flwr.clientapp import ClientApp
 from fedcl.federated.codec import encode_summary
 from fedcl.federated.task import (
     TaskSettings,
+    client_seed,
     distill_partition,
     load_data,
     load_partition,
@@ -68,7 +69,7 @@ def train(msg: Message, context: Context) -> Message:
     data = load_data(s.dataset, s.data_root)
     images, labels = load_partition(s, pid, num_parts)
     server_round = int(merged.get("server-round", 1))
-    seed = s.seed * 100_003 + pid * 1009 + server_round
+    seed = client_seed(s, pid, server_round)
     if merged.get("task", "summary") == "fedavg":
         model = make_model(s, data)
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())

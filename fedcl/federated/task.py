@@ -24,7 +24,7 @@ from fedcl.distill.augment import DSA, default_strategy
 from fedcl.models import create_model
 from fedcl.train import accuracy, train_model
 
-__all__ = ["TaskSettings", "distill_partition", "load_data", "load_partition", "make_model", "perturbed_network_fn",
+__all__ = ["TaskSettings", "client_seed", "distill_partition", "load_data", "load_partition", "make_model", "perturbed_network_fn",
            "train_global", "train_local"]
 
 
@@ -156,6 +156,13 @@ def _parts(dataset: str, root: str, scheme: str, num_partitions: int, seed: int,
     parts = partition_indices(data.train_labels.numpy(), num_partitions, scheme, seed=seed, alpha=alpha,
                               classes_per_client=classes_per_client)
     return tuple(torch.from_numpy(p) for p in parts)
+
+
+def client_seed(s: TaskSettings, partition_id: int, server_round: int = 1) -> int:
+    """The seed of partition ``partition_id``'s work in ``server_round`` (distillation, FedAvg's local
+    epochs, FedDM's perturbation). The ClientApp uses it, so in-process experiments that call it
+    reproduce a Flower run's summaries."""
+    return s.seed * 100_003 + partition_id * 1009 + server_round
 
 
 def load_partition(s: TaskSettings, partition_id: int, num_partitions: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,6 +12,13 @@ summaries is cached under ``--cache``, and the server's training is tried severa
 - ``noiseS``: the same with ``server_noise=S`` (Gaussian noise on every training image);
 - ``half``: only the summaries of holders with at least half the largest holder's class size;
 - ``rep``: each summary image repeated ``round(3 (n / n_max)^2)`` times (inverse-variance weights);
+- ``blurB/MODE``: MODE on the summaries blurred by a Gaussian of std ``B`` pixels (a low-pass filter);
+- ``rblurB/MODE``: MODE with every server batch blurred by a Gaussian of std uniform in ``[0, B]``
+  (an augmentation of all images alike, after DSA);
+- ``rnoiseF``: the server's training with Gaussian noise of std F times each image's own standard
+  deviation, after DSA (where ``noiseS`` adds the same std S to every image);
+- ``pcaK/MODE``: MODE on the summaries projected onto the top ``K`` principal components of the
+  summaries of holders of at least 400 images of their class (a denoiser learnt from the clean ones);
 - ``MODE+selR``: MODE on the summaries that ``fedcl.federated.select.select_summaries`` keeps at
   ``max_ratio=R`` (per class, the clients whose images are at most R times as rough as the smoothest);
 
@@ -23,9 +30,12 @@ goes to ``--out`` (accuracy, accuracy per class, images, seconds).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import functools
 import json
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -69,6 +79,52 @@ def summaries(s: TaskSettings, num_clients: int) -> dict[str, torch.Tensor]:
     return {"x": torch.cat(xs), "y": torch.cat(ys), "owner": torch.cat(owners), "counts": torch.stack(counts)}
 
 
+def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of std ``sigma`` pixels (kernel of 4 sigma + 1, reflected borders)."""
+    from torchvision.transforms.v2.functional import gaussian_blur
+
+    k = 2 * int(2 * sigma) + 1
+    return gaussian_blur(x, [k, k], [sigma, sigma])
+
+
+def project(x: torch.Tensor, ref: torch.Tensor, k: int) -> torch.Tensor:
+    """Each image of ``x`` projected onto the mean and the top ``k`` principal components of ``ref``."""
+    flat, rflat = x.flatten(1), ref.flatten(1)
+    mean = rflat.mean(0)
+    _, _, v = torch.linalg.svd(rflat - mean, full_matrices=False)
+    basis = v[:k]
+    return (mean + (flat - mean) @ basis.T @ basis).view_as(x)
+
+
+@contextlib.contextmanager
+def _after_dsa(fn: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None) -> Iterator[None]:
+    """While open, the server's DSA (``train_global``'s) applies ``fn(batch, generator)`` after its own
+    augmentation; ``None`` leaves it alone."""
+    import fedcl.federated.task as task
+
+    stock = task.DSA
+
+    class WrappedDSA(stock):
+        def random(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+            return fn(super().random(x, gen), gen)
+
+    task.DSA = WrappedDSA if fn is not None else stock
+    try:
+        yield
+    finally:
+        task.DSA = stock
+
+
+def _random_blur(x: torch.Tensor, gen: torch.Generator, top: float) -> torch.Tensor:
+    sigma = top * float(torch.rand((), generator=gen))
+    return blur(x, sigma) if sigma > 0.1 else x
+
+
+def _relative_noise(x: torch.Tensor, gen: torch.Generator, factor: float) -> torch.Tensor:
+    std = x.flatten(1).std(1).view(-1, *([1] * (x.dim() - 1)))
+    return x + factor * std * torch.randn(x.shape, generator=gen)
+
+
 def server_run(s: TaskSettings, blob: dict[str, torch.Tensor], mode: str, offset: int) -> dict[str, object]:
     data = load_data(s.dataset, s.data_root)
     x, y, owner, counts = blob["x"], blob["y"], blob["owner"], blob["counts"]
@@ -76,6 +132,19 @@ def server_run(s: TaskSettings, blob: dict[str, torch.Tensor], mode: str, offset
     largest = torch.zeros(data.num_classes, dtype=torch.float64).scatter_reduce_(0, y, size, "amax", include_self=False)
     reps = torch.ones(len(y), dtype=torch.long)
     base, _, select = mode.partition("+sel")
+    if base.startswith("blur"):  # a low-pass filter on every summary image (post-processing), then the rest
+        sigma, _, base = base[len("blur"):].partition("/")
+        x = blur(x, float(sigma))
+    elif base.startswith("pca"):  # project every image onto the top-k components of the large holders' images
+        k, _, base = base[len("pca"):].partition("/")
+        x = project(x, x[size >= 400], int(k))
+    post = None  # applied to every server batch after DSA
+    if base.startswith("rblur"):  # a random Gaussian blur per server batch (std uniform in [0, B])
+        top, _, base = base[len("rblur"):].partition("/")
+        post = functools.partial(_random_blur, top=float(top))
+    elif base.startswith("rnoise"):  # noise of std F times each image's own std (instead of noiseS)
+        post = functools.partial(_relative_noise, factor=float(base[len("rnoise"):]))
+        base = "plain"
     if select:
         reps = select_summaries(x, y, owner, float(select)).long()
     if base == "half":
@@ -89,7 +158,8 @@ def server_run(s: TaskSettings, blob: dict[str, torch.Tensor], mode: str, offset
     xi, yi = x.repeat_interleave(reps, 0), y.repeat_interleave(reps, 0)
     t0 = time.perf_counter()
     model = make_model(s, data, seed=s.seed)
-    acc = train_global(s, model, xi, yi, data, epochs=s.server_epochs, seed=s.seed + 1 + offset)
+    with _after_dsa(post):
+        acc = train_global(s, model, xi, yi, data, epochs=s.server_epochs, seed=s.seed + 1 + offset)
     per_class = class_accuracy(predict(model, data.test_images), data.test_labels, data.num_classes)
     return {"seed": s.seed, "server": mode, "train_seed": s.seed + 1 + offset, "accuracy": acc,
             "class_accuracy": [round(a, 3) for a in per_class], "images": int(len(yi)),
@@ -102,6 +172,8 @@ def main() -> None:
     p.add_argument("--root", default="../shared/data")
     p.add_argument("--set", nargs="*", default=[], help="TaskSettings overrides, snake_case key=value")
     p.add_argument("--server", nargs="*", default=["plain"])
+    p.add_argument("--server-set", nargs="*", default=[],
+                   help="TaskSettings overrides for the server's training only (e.g. width=32 when --set width=8)")
     p.add_argument("--init-scale", type=float, default=1.0)
     p.add_argument("--tag", default="base")
     p.add_argument("--cache", default="/tmp/fedcl_dp_ablation")
@@ -130,10 +202,12 @@ def main() -> None:
         blob = summaries(s, 10)
         cache.parent.mkdir(parents=True, exist_ok=True)
         torch.save(blob, cache)
+    server = dataclasses.replace(s, **{k: _value(k, t) for k, _, t in (i.partition("=") for i in args.server_set)})
     for spec in args.server:
         mode, _, offset = spec.partition("#")
         rec = {"tag": args.tag, "set": args.set, "init_scale": args.init_scale,
-               **server_run(s, blob, mode, int(offset or 0))}
+               **({"server_set": args.server_set} if args.server_set else {}),
+               **server_run(server, blob, mode, int(offset or 0))}
         print(json.dumps(rec), flush=True)
         with open(args.out, "a") as f:
             f.write(json.dumps(rec) + "\n")

@@ -14,6 +14,7 @@ ratio of one step for a class of 200 images: ``||mu||^2 / (D * s^2)``.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,7 @@ from fedcl.federated.task import load_data
 from fedcl.models.convnet import ConvNet
 
 
-def signal(embed: object, x: torch.Tensor, y: torch.Tensor, classes: int, reps: int = 5) -> tuple[int, float]:
+def signal(embed: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor, classes: int, reps: int = 5) -> tuple[int, float]:
     """``(D, mean over classes and networks of ||mu_c||^2)`` for unit-norm centred embeddings."""
     values, dim = [], 0
     for r in range(reps):
@@ -46,7 +47,7 @@ def main() -> None:
     x, y = data.train_images, data.train_labels
     s2 = (57.5 / args.class_size) ** 2
     shape = tuple(x.shape[1:])
-    variants: list[tuple[str, object]] = [
+    variants: list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = [
         (f"convnet width {w} depth {d}", lambda t, w=w, d=d: ConvNet(shape, data.num_classes, width=w, depth=d).embed(t))
         for w in (8, 16, 32, 64) for d in (2, 3, 4)
     ]

@@ -80,7 +80,7 @@ def summaries(s: TaskSettings, num_clients: int) -> dict[str, torch.Tensor]:
 
 
 def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian blur of std ``sigma`` pixels (kernel of 4 sigma + 1, reflected borders)."""
+    """Gaussian blur of std ``sigma`` pixels (a kernel ``2 * floor(2 sigma) + 1`` wide, reflected borders)."""
     from torchvision.transforms.v2.functional import gaussian_blur
 
     k = 2 * int(2 * sigma) + 1

@@ -5,10 +5,11 @@
 Under DP dm every real example's embedding is centred and scaled to norm 1 (``normalize``,
 ``center``), so what a class's release carries is the mean of those unit vectors, of squared
 norm ``||mu||^2 <= 1``, while the Gaussian noise on it has squared norm ``D * s^2`` (``D`` the
-embedding's dimension; ``s = noise_multiplier / (q * N_c)``, about ``57.5 / N_c`` at epsilon 1,
-delta 1e-5, 200 steps, whatever ``q``). This prints ``||mu||^2`` (averaged over the classes of
-MNIST-6k and five random networks, centred on the mean of all images) and the signal-to-noise
-ratio of one step for a class of 200 images: ``||mu||^2 / (D * s^2)``.
+embedding's dimension; ``s = noise_multiplier / (q * N_c)``, which hardly depends on ``q``: it is
+computed here with Opacus's RDP accountant at ``q = 1``, about ``57.5 / N_c`` at epsilon 1, delta 1e-5,
+200 steps). This prints ``||mu||^2`` (averaged over the classes of MNIST-6k and five random networks,
+centred on the mean of all images) and the signal-to-noise ratio of one step for a class of
+``--class-size`` images: ``||mu||^2 / (D * s^2)``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 
 from fedcl.federated.task import load_data
 from fedcl.models.convnet import ConvNet
+from fedcl.privacy.accounting import calibrate_noise
 
 
 def signal(embed: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor, classes: int, reps: int = 5) -> tuple[int, float]:
@@ -42,10 +44,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default="../shared/data")
     p.add_argument("--class-size", type=int, default=200)
+    p.add_argument("--epsilon", type=float, default=1.0)
+    p.add_argument("--steps", type=int, default=200)
     args = p.parse_args()
     data = load_data("mnist", args.root)
     x, y = data.train_images, data.train_labels
-    s2 = (57.5 / args.class_size) ** 2
+    s2 = (calibrate_noise(args.epsilon, 1e-5, 1.0, args.steps) / args.class_size) ** 2
     shape = tuple(x.shape[1:])
     variants: list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = [
         (f"convnet width {w} depth {d}", lambda t, w=w, d=d: ConvNet(shape, data.num_classes, width=w, depth=d).embed(t))

@@ -163,6 +163,8 @@ def test_batchnorm_is_converted_and_reported(digits):
     (PrivacyConfig(epsilon=1.0, accountant="moments"), "accountant"),
     (PrivacyConfig(epsilon=1.0, sample_rate=1.5), "sample_rate"),
     (PrivacyConfig(noise_multiplier=1.0, max_grad_norm=math.inf), "no clipping"),
+    (PrivacyConfig(epsilon=1.0, downsample=0), "downsample"),
+    (PrivacyConfig(epsilon=1.0, downsample=1.5), "downsample"),
 ])
 def test_bad_privacy_blocks_are_refused(cfg, match):
     with pytest.raises(PrivacyError, match=match):
@@ -251,3 +253,38 @@ def test_replay_centering_pooling_read_real_data_only_in_the_private_steps(digit
     assert seen == list(range(1, 10))
     assert syn.meta["privacy"]["steps"] == 3
     assert torch.isfinite(syn.images).all()
+
+
+def _roughness(x: torch.Tensor) -> float:
+    return float((x[..., 1:, :] - x[..., :-1, :]).pow(2).mean() + (x[..., :, 1:] - x[..., :, :-1]).pow(2).mean())
+
+
+def test_downsampled_dp_images_are_smoother(digits):
+    # the same private steps (same seeds, same noise), two parameterisations of the images
+    x, y = digits.train_images[:600], digits.train_labels[:600]
+    out = {}
+    for name, extra in {"full": {}, "down2": {"downsample": 2}}.items():
+        dist = create_distiller("dm", iterations=4, batch_real=16, lr_img=100.0, seed=1, **TINY)
+        syn = dist.distill(x, y, 2, privacy=PrivacyConfig(epsilon=1.0, delta=1e-4, replay=1, **extra))
+        assert syn.images.shape == (20, 1, 8, 8) and torch.isfinite(syn.images).all()
+        assert syn.meta["privacy"]["steps"] == 4  # post-processing: the release is the same
+        out[name] = syn.images
+    assert _roughness(out["down2"]) < 0.5 * _roughness(out["full"])
+    # downsample 2: every image is a bilinear upsampling of a 4 x 4 one (it lies in that map's range)
+    basis = torch.eye(16).view(16, 1, 4, 4)
+    up = torch.nn.functional.interpolate(basis, size=(8, 8), mode="bilinear").view(16, 64).T
+    flat = out["down2"].view(20, 64).T
+    assert torch.allclose(up @ torch.linalg.lstsq(up, flat).solution, flat, atol=1e-3 * flat.abs().max())
+    full = out["full"].view(20, 64).T
+    assert not torch.allclose(up @ torch.linalg.lstsq(up, full).solution, full, atol=1e-3 * full.abs().max())
+
+
+def test_downsample_needs_images():
+    from fedcl.privacy.engines import _parameterise
+
+    with pytest.raises(PrivacyError, match="needs images"):
+        _parameterise(torch.zeros(4, 16), 2)
+    with pytest.raises(PrivacyError, match="larger than the images"):
+        _parameterise(torch.zeros(4, 1, 3, 3), 4)
+    render, param = _parameterise(torch.randn(4, 1, 8, 8), 2)
+    assert param.shape == (4, 1, 4, 4) and render(param).shape == (4, 1, 8, 8)

@@ -132,7 +132,8 @@ def validate_privacy(privacy: PrivacyConfig, num_examples: int | None = None) ->
     Raises:
         PrivacyError: epsilon <= 0, delta outside (0, 1) or >= 1/N, max_grad_norm <= 0,
             noise_multiplier < 0, both epsilon and noise_multiplier set, unknown
-            accountant, sample_rate outside (0, 1], infinite clipping with noise.
+            accountant, sample_rate outside (0, 1], infinite clipping with noise, downsample
+            not an integer >= 1.
     """
     _positive("epsilon", privacy.epsilon)
     if privacy.epsilon is not None and privacy.noise_multiplier is not None:
@@ -162,6 +163,8 @@ def validate_privacy(privacy: PrivacyConfig, num_examples: int | None = None) ->
         q = float(privacy.sample_rate)
         if math.isnan(q) or not 0.0 < q <= 1.0:
             raise PrivacyError(f"privacy.sample_rate must be in (0, 1], got {privacy.sample_rate}")
+    if int(privacy.downsample) != privacy.downsample or privacy.downsample < 1:
+        raise PrivacyError(f"privacy.downsample must be an integer >= 1 (1: full resolution), got {privacy.downsample}")
 
 
 def resolve_privacy(privacy: PrivacyConfig, *, sample_rate: float, steps: int,

@@ -42,6 +42,11 @@ class PrivacyConfig:
             targets that no image can reach (a small data owner's) otherwise pull the images
             without bound. Off by default: on federated MNIST at epsilon 1 it cost accuracy
             (experiments/results/federated.md).
+        downsample: ``dm`` only: parameterise each synthetic image at ``1/downsample`` of its
+            height and width, upsampled bilinearly to full size for every match (1: full
+            resolution). The noisy targets of a small class cannot then be fitted by pixel-level
+            noise texture. Post-processing, no privacy cost. 1 by default: at 2 the federated
+            MNIST summaries at epsilon 1 lost accuracy (experiments/results/federated.md).
     """
 
     epsilon: float | None = None
@@ -56,6 +61,7 @@ class PrivacyConfig:
     pool: bool = False
     replay: int = 4
     clamp: bool = False
+    downsample: int = 1
 
     @property
     def enabled(self) -> bool:

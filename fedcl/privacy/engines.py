@@ -15,13 +15,14 @@ is touched, e.g. for a :class:`~fedcl.privacy.ledger.PrivacyLedger` check),
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from fedcl.distill.augment import DSA, default_strategy
+from fedcl.errors import PrivacyError
 from fedcl.privacy.accounting import DPParams, resolve_privacy
 from fedcl.privacy.config import PrivacyConfig
 from fedcl.privacy.mechanism import GaussianMechanism, bound_rows, private_network
@@ -100,6 +101,30 @@ def _pixel_box(engine: Distiller, syn: torch.Tensor) -> tuple[torch.Tensor, torc
     return -m / s, (1 - m) / s
 
 
+def _parameterise(syn: torch.Tensor, factor: int) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
+    """``(render, param)``: the synthetic images as ``render(param)``.
+
+    ``factor`` 1: ``param`` is the images themselves. ``factor`` f > 1: ``param`` holds images
+    ``f`` times smaller on each side (the average of each ``f x f`` block of ``syn``, times ``f``
+    so that a noise start keeps unit variance), and ``render`` upsamples them bilinearly to
+    the full size. The images then cannot carry detail finer than ``f`` pixels, which is where
+    the noise of a small class's DP target would otherwise settle as texture.
+    """
+    if factor <= 1:
+        return (lambda p: p), syn.clone()
+    if syn.dim() != 4:
+        raise PrivacyError(f"privacy.downsample={factor} needs images (N, C, H, W); got shape {tuple(syn.shape)}")
+    size = tuple(syn.shape[2:])
+    if min(size) < factor:
+        raise PrivacyError(f"privacy.downsample={factor} is larger than the images ({size[0]}x{size[1]})")
+    param = F.avg_pool2d(syn, factor, ceil_mode=True) * factor
+
+    def render(p: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(p, size=size, mode="bilinear", align_corners=False)
+
+    return render, param
+
+
 def distill_dm_private(engine: Distiller, real: ClassData, syn: torch.Tensor, syn_labels: torch.Tensor,
                        classes: list[int], gen: torch.Generator, privacy: PrivacyConfig,
                        callback: Callback | None) -> torch.Tensor:
@@ -118,15 +143,17 @@ def distill_dm_private(engine: Distiller, real: ClassData, syn: torch.Tensor, sy
     normalize = bool(privacy.normalize)  # with c_max = inf both bounds leave rows unchanged
     replay, pool = int(privacy.replay), bool(privacy.pool)
     aug = DSA(engine.dsa_strategy or default_strategy(engine._meta.get("dataset", ""))) if engine.dsa else None
-    syn = syn.detach().clone().requires_grad_(True)
-    opt = torch.optim.SGD([syn], lr=engine.lr_img, momentum=engine.momentum)
     in_shape, num_classes = syn.shape[1:], real.num_classes
+    render, param = _parameterise(syn.detach(), int(privacy.downsample))
+    param.requires_grad_(True)
+    opt = torch.optim.SGD([param], lr=engine.lr_img, momentum=engine.momentum)
     syn_group = group[syn_labels.cpu()]
     dev_group = group.to(real.device)
     released: list[tuple[torch.nn.Module, object, torch.Tensor, torch.Tensor | float]] = []
     box = _pixel_box(engine, syn) if privacy.clamp else None
 
     def update(net: torch.nn.Module, params: object, target: torch.Tensor, ref: torch.Tensor | float) -> None:
+        syn = render(param)
         xs = aug(syn, params, syn_group) if aug else syn
         emb_syn = bound_rows(_embed(net, xs, pool) - ref, c_max, normalize=normalize)
         loss = ((class_means(emb_syn, syn_labels, classes) - target) ** 2).sum()
@@ -135,7 +162,7 @@ def distill_dm_private(engine: Distiller, real: ClassData, syn: torch.Tensor, sy
         opt.step()
         if box is not None:
             with torch.no_grad():
-                syn.copy_(torch.maximum(torch.minimum(syn, box[1]), box[0]))
+                param.copy_(torch.maximum(torch.minimum(param, box[1]), box[0]))
 
     total = engine.iterations * (1 + replay)
     for it in progress(range(total), desc=f"dp-dm {engine._meta.get('dataset', '')}", enabled=engine.progress):
@@ -146,6 +173,7 @@ def distill_dm_private(engine: Distiller, real: ClassData, syn: torch.Tensor, sy
                 p.requires_grad_(False)
             params = aug.sample(len(classes), gen) if aug else None
             with torch.no_grad():  # the centre is computed from the synthetic images only (no real data)
+                syn = render(param)
                 ref = _embed(net, aug(syn, params, syn_group) if aug else syn, pool).mean(0) if privacy.center else 0.0
             idx = mech.sample(len(real.labels)).to(real.device)
             xr, yr = real.images[idx], real.labels[idx]
@@ -153,7 +181,7 @@ def distill_dm_private(engine: Distiller, real: ClassData, syn: torch.Tensor, sy
                 if len(idx):
                     emb = _embed(net, aug(xr, params, group[yr.cpu()]) if aug else xr, pool) - ref
                 else:
-                    emb = xr.new_zeros(0, _embed(net, syn[:1].detach(), pool).shape[1])
+                    emb = xr.new_zeros(0, _embed(net, syn[:1], pool).shape[1])
                 target = mech.private_means(emb, dev_group[yr], expected, normalize=normalize)
             if replay:
                 released.append((net, params, target, ref))
@@ -164,8 +192,10 @@ def distill_dm_private(engine: Distiller, real: ClassData, syn: torch.Tensor, sy
             net, params, target, ref = released[order[k]]
         update(net, params, target, ref)
         if callback is not None:
-            callback(it + 1, engine.wrap(syn, syn_labels, num_classes))
-    return syn.detach()
+            with torch.no_grad():
+                callback(it + 1, engine.wrap(render(param), syn_labels, num_classes))
+    with torch.no_grad():
+        return render(param).detach()
 
 
 def distill_gm_private(engine: Distiller, real: ClassData, syn: torch.Tensor, syn_labels: torch.Tensor,

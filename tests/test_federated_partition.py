@@ -123,7 +123,7 @@ def test_run_config_carries_the_privacy_block_and_matches_the_app_defaults() -> 
 
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     priv = PrivacyConfig(epsilon=2.0, delta=1e-6, max_grad_norm=0.5, accountant="prv", pool=True, replay=2,
-                         clamp=True, center=False)
+                         clamp=True, center=False, downsample=2)
     rc = run_config(FederatedConfig(privacy=priv, strategies=["oneshot"]), "oneshot")
     app = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     task_keys = {k for k in TaskSettings().to_record() if k != "data-root"}
@@ -137,6 +137,7 @@ def test_run_config_carries_the_privacy_block_and_matches_the_app_defaults() -> 
     got, ledger = _privacy(s, Ctx(), rounds=1)
     assert (got.epsilon, got.delta, got.max_grad_norm, got.accountant) == (2.0, 1e-6, 0.5, "prv")
     assert (got.pool, got.replay, got.clamp, got.center, got.normalize) == (True, 2, True, False, True)
+    assert got.downsample == 2
     assert ledger.epsilon == 2.0 and ledger.accountant == "prv"  # the ledger composes with the release's accountant
 
 
@@ -212,3 +213,40 @@ def test_server_select_is_off_or_a_ratio_of_at_least_one(ratio: float) -> None:
     with pytest.raises(ConfigError, match="server_select"):
         _validate(FederatedConfig(server_select=ratio))
     assert TaskSettings.from_record(run_config(FederatedConfig(server_select=2.0), "oneshot")).server_select == 2.0
+
+
+def test_balanced_class_weights_give_every_class_the_same_total() -> None:
+    import torch
+
+    from fedcl.federated.task import balanced_class_weights
+
+    labels = torch.tensor([0, 0, 0, 1, 3, 3])
+    w = balanced_class_weights(labels, 5)
+    totals = w[labels].new_zeros(5).index_add_(0, labels, w[labels])
+    assert torch.allclose(totals[[0, 1, 3]], torch.full((3,), 2.0)) and totals[[2, 4]].eq(0).all()
+    assert torch.equal(balanced_class_weights(torch.arange(10).repeat(3), 10), torch.ones(10))
+
+
+def test_server_balance_lifts_the_classes_with_few_summary_images() -> None:
+    import dataclasses
+
+    import torch
+
+    from fedcl.data import load_dataset
+    from fedcl.federated.command import FederatedConfig, run_config
+    from fedcl.federated.task import TaskSettings, make_model, train_global
+    from fedcl.train import class_accuracy, predict
+
+    data = load_dataset("digits")
+    x, y = data.train_images, data.train_labels
+    # classes 0-4 with 60 images each, classes 5-9 with 3: the imbalance of a union of summaries, exaggerated
+    keep = torch.cat([(y == c).nonzero().flatten()[:60 if c < 5 else 3] for c in range(10)])
+    s = TaskSettings(width=8, lr=0.1)
+    recall = {}
+    for balance in (False, True):
+        model = make_model(s, data, seed=0)
+        train_global(dataclasses.replace(s, server_balance=balance), model, x[keep], y[keep], data, epochs=20, seed=1,
+                     dsa=False)
+        recall[balance] = sum(class_accuracy(predict(model, data.test_images), data.test_labels, 10)[5:]) / 5
+    assert recall[True] > recall[False] + 0.05
+    assert TaskSettings.from_record(run_config(FederatedConfig(server_balance=True), "oneshot")).server_balance

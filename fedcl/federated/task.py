@@ -58,11 +58,16 @@ class TaskSettings:
             falls steeply with a client's class size, so this sets aside the small holders' mostly-noise
             summaries of a class that a larger holder also sent, and keeps a class's only sources.
             Post-processing of released images: no privacy cost.
+        server_balance: the server weights each class's loss by the inverse of its number of summary
+            images (:func:`balanced_class_weights`), so that every class counts alike. The union of
+            summaries holds ``ipc`` images per class per holder: a class split among three small
+            holders gets three times the images (and the prior) of a class one large holder has,
+            while the test set is balanced.
         local_epochs, lr, batch_size: FedAvg local training (and server training lr).
         rho: FedDM perturbation of the global model (relative std of the noise).
         epsilon, delta: DP per client (epsilon 0 means no DP).
-        max_grad_norm, accountant, secure_mode, dp_normalize, dp_center, dp_pool, dp_replay, dp_clamp: the
-            rest of the client's DP block (:class:`fedcl.privacy.PrivacyConfig`'s fields).
+        max_grad_norm, accountant, secure_mode, dp_normalize, dp_center, dp_pool, dp_replay, dp_clamp,
+            dp_downsample: the rest of the client's DP block (:class:`fedcl.privacy.PrivacyConfig`'s fields).
         device: ``auto``, ``cpu``, ``cuda``.
         fault: test hook, ``"PID:KIND,..."`` makes partition PID send a bad summary
             (KIND: ``nan``, ``shape``, ``labels``, ``oversize``, ``dtype``).
@@ -88,6 +93,7 @@ class TaskSettings:
     server_epochs: int = 300
     server_noise: float = 0.0
     server_select: float = 0.0
+    server_balance: bool = False
     local_epochs: int = 1
     lr: float = 0.01
     batch_size: int = 64
@@ -101,6 +107,7 @@ class TaskSettings:
     dp_pool: bool = False
     dp_replay: int = 4
     dp_clamp: bool = False
+    dp_downsample: int = 1
     secure_mode: bool = False
     device: str = "cpu"
     fault: str = ""
@@ -132,6 +139,7 @@ class TaskSettings:
         return PrivacyConfig(epsilon=self.epsilon / max(rounds, 1), delta=self.delta, max_grad_norm=self.max_grad_norm,
                              accountant=self.accountant, normalize=self.dp_normalize, center=self.dp_center,
                              pool=self.dp_pool, replay=self.dp_replay, clamp=self.dp_clamp,
+                             downsample=self.dp_downsample,
                              secure_mode=self.secure_mode)
 
     def faults(self) -> dict[int, str]:
@@ -245,6 +253,19 @@ def distill_partition(s: TaskSettings, images: torch.Tensor, labels: torch.Tenso
     return torch.cat(xs), torch.cat(ys), info
 
 
+def balanced_class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Cross-entropy weights that give every class present the same total weight (absent classes 0).
+
+    ``weight[c] = n / (k * n_c)`` for the ``k`` classes with ``n_c > 0`` images among ``n``:
+    on a balanced set every weight is 1.
+    """
+    counts = torch.bincount(labels.long(), minlength=num_classes).double()
+    present = counts > 0
+    weight = torch.zeros(num_classes, dtype=torch.float64)
+    weight[present] = counts.sum() / (present.sum() * counts[present])
+    return weight.float()
+
+
 def train_global(s: TaskSettings, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, data: ImageData,
                  *, epochs: int, seed: int, dsa: bool = True) -> float:
     """Train ``model`` in place on ``images`` (with DSA, the evaluation protocol, then ``server_noise``);
@@ -259,8 +280,10 @@ def train_global(s: TaskSettings, model: nn.Module, images: torch.Tensor, labels
         return xb + noise * torch.randn(xb.shape, generator=gen).to(xb.device) if noise > 0 else xb
 
     if len(images):
+        weight = balanced_class_weights(labels, data.num_classes) if s.server_balance else None
         train_model(model, images, labels, epochs=epochs, lr=s.lr, batch_size=256,
-                    augment=augment if aug or noise > 0 else None, generator=gen, device=s.device)
+                    augment=augment if aug or noise > 0 else None, generator=gen, device=s.device,
+                    class_weight=weight)
     return accuracy(model, data.test_images, data.test_labels, device=s.device)
 
 

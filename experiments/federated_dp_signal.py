@@ -20,9 +20,11 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from fedcl.distill.dm import class_means
 from fedcl.federated.task import load_data
 from fedcl.models.convnet import ConvNet
 from fedcl.privacy.accounting import calibrate_noise
+from fedcl.privacy.mechanism import normalize_rows
 
 
 def signal(embed: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor, classes: int, reps: int = 5) -> tuple[int, float]:
@@ -32,9 +34,8 @@ def signal(embed: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: to
         torch.manual_seed(r)
         with torch.no_grad():
             e = embed(x).flatten(1)
-        e = e - e.mean(0)
-        e = e / e.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        mu = torch.stack([e[y == c].mean(0) for c in range(classes)])
+        e = normalize_rows(e - e.mean(0), 1.0)  # what the DP engine does to every real embedding
+        mu = class_means(e, y, list(range(classes)))
         values.append(float((mu.norm(dim=1) ** 2).mean()))
         dim = e.shape[1]
     return dim, sum(values) / len(values)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fedcl.data.partition import partition_indices
-from fedcl.errors import ConfigError
+from fedcl.errors import ConfigError, PrivacyError
 
 LABELS = np.repeat(np.arange(10), 60)  # 600 examples, 60 per class
 
@@ -83,7 +83,6 @@ def test_dp_clients_summarise_only_classes_large_enough_for_their_noise() -> Non
 def test_a_client_over_its_budget_is_refused_before_it_reads_its_partition(monkeypatch: pytest.MonkeyPatch) -> None:
     from fedcl.data import load_dataset
     from fedcl.distill.base import Distiller
-    from fedcl.errors import PrivacyError
     from fedcl.federated.task import TaskSettings, distill_partition
     from fedcl.privacy import PrivacyConfig, PrivacyLedger
 
@@ -109,6 +108,15 @@ def test_federated_dp_needs_an_accountant_that_composes_rounds() -> None:
 
     with pytest.raises(ConfigError, match="gdp"):
         _validate(FederatedConfig(privacy=PrivacyConfig(epsilon=1.0, accountant="gdp"), strategies=["oneshot"]))
+
+
+@pytest.mark.parametrize("bad", [{"downsample": 0}, {"max_grad_norm": -1.0}, {"delta": 2.0}])
+def test_a_bad_privacy_block_is_refused_before_any_client_starts(bad: dict) -> None:
+    from fedcl.federated.command import FederatedConfig, _validate
+    from fedcl.privacy import PrivacyConfig
+
+    with pytest.raises(PrivacyError, match=next(iter(bad))):
+        _validate(FederatedConfig(privacy=PrivacyConfig(epsilon=1.0, **bad), strategies=["oneshot"]))
 
 
 def test_run_config_carries_the_privacy_block_and_matches_the_app_defaults() -> None:

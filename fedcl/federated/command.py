@@ -88,6 +88,7 @@ def _validate(cfg: FederatedConfig) -> None:
     from fedcl.distill import list_distillers
     from fedcl.federated.codec import CODECS
     from fedcl.federated.server_app import STRATEGIES
+    from fedcl.privacy.accounting import validate_privacy
     from fedcl.privacy.ledger import LEDGER_ACCOUNTANTS
 
     for name in cfg.strategies:
@@ -112,6 +113,8 @@ def _validate(cfg: FederatedConfig) -> None:
                           "not privacy.sample_rate")
     if cfg.privacy.epsilon is not None and not cfg.privacy.epsilon > 0:
         raise ConfigError(f"privacy.epsilon must be > 0, got {cfg.privacy.epsilon}")
+    if cfg.privacy.epsilon is not None:  # the rest of the block, before any client starts (PrivacyError)
+        validate_privacy(cfg.privacy)
     if cfg.privacy.epsilon is not None and cfg.privacy.accountant not in LEDGER_ACCOUNTANTS:
         raise ConfigError(f"privacy.accountant={cfg.privacy.accountant!r}: a client's ledger composes its releases "
                           f"over rounds, which needs {' or '.join(map(repr, LEDGER_ACCOUNTANTS))} (gdp cannot compose "

@@ -62,6 +62,15 @@ def _value(name: str, text: str) -> object:
     return text == "true" if isinstance(default, bool) else type(default)(text)
 
 
+def settings(seed: int, root: str, overrides: list[str], **base: object) -> TaskSettings:
+    """``BASE`` (updated by ``base``) for ``seed`` and ``root``, then ``overrides`` (``key=value``, snake_case)."""
+    kw = {**BASE, **base, "seed": seed, "data_root": root}
+    for item in overrides:
+        key, _, text = item.partition("=")
+        kw[key] = _value(key, text)
+    return TaskSettings(**kw)
+
+
 def summaries(s: TaskSettings, num_clients: int) -> dict[str, torch.Tensor]:
     """Every client's DP summary, as the ClientApp makes it (seeds included), and its class counts."""
     data = load_data(s.dataset, s.data_root)
@@ -180,11 +189,7 @@ def main() -> None:
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "federated_dp_ablation.jsonl"))
     args = p.parse_args()
     torch.set_num_threads(1)
-    kw = {**BASE, "seed": args.seed, "data_root": args.root}
-    for item in args.set:
-        key, _, text = item.partition("=")
-        kw[key] = _value(key, text)
-    s = TaskSettings(**kw)
+    s = settings(args.seed, args.root, args.set)
     if args.init_scale != 1.0:
         import fedcl.privacy.engines as engines
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -50,9 +51,8 @@ from fedcl.privacy.accounting import resolve_privacy
 from fedcl.privacy.mechanism import GaussianMechanism, normalize_rows, private_network
 from fedcl.train import class_accuracy, predict
 
-BASE = dict(dataset="mnist", partition="dirichlet", alpha=0.1, ipc=10, width=32, iterations=200, batch_real=64,
-            dp_lr_img=100.0, dp_min_class_images=100, server_epochs=2000, epsilon=1.0, delta=1e-5,
-            max_grad_norm=1.0, dp_replay=9)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from federated_dp_ablation import settings  # noqa: E402  (the ablation's settings: the config's clients)
 
 
 def pooled_release(s: TaskSettings, num_clients: int, public_seed: int) -> tuple[list, torch.Tensor, list[float]]:
@@ -146,12 +146,7 @@ def main() -> None:
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "federated_dp_ablation.jsonl"))
     args = p.parse_args()
     torch.set_num_threads(1)
-    kw = {**BASE, "seed": args.seed, "data_root": args.root}
-    for item in args.set:
-        key, _, text = item.partition("=")
-        default = getattr(TaskSettings, key)
-        kw[key] = text == "true" if isinstance(default, bool) else type(default)(text)
-    s = TaskSettings(**kw)
+    s = settings(args.seed, args.root, args.set, server_epochs=2000)  # the config's clients and server
     public_seed = 7919 * (s.seed + 1)
     t0 = time.perf_counter()
     steps, syn0, multipliers = pooled_release(s, 10, public_seed)

@@ -43,11 +43,12 @@ from pathlib import Path
 
 import torch
 
+from fedcl.distill import create_distiller
 from fedcl.distill.augment import DSA, default_strategy
 from fedcl.distill.dm import class_means
 from fedcl.federated.task import TaskSettings, client_seed, load_data, load_partition, make_model, train_global
 from fedcl.models import create_model
-from fedcl.privacy.accounting import resolve_privacy
+from fedcl.privacy.engines import plan_release
 from fedcl.privacy.mechanism import GaussianMechanism, normalize_rows, private_network
 from fedcl.train import class_accuracy, predict
 
@@ -68,6 +69,7 @@ def pooled_release(s: TaskSettings, num_clients: int, public_seed: int) -> tuple
     syn0 = torch.randn((k_all * s.ipc, *data.image_shape), generator=gen)
     syn_labels = torch.arange(k_all).repeat_interleave(s.ipc)
     aug = DSA(default_strategy(data.name))
+    engine = create_distiller("dm", iterations=s.iterations, batch_real=s.batch_real, progress=False)
     clients = []
     for pid in range(num_clients):
         images, labels = load_partition(s, pid, num_clients)
@@ -75,14 +77,13 @@ def pooled_release(s: TaskSettings, num_clients: int, public_seed: int) -> tuple
         released = [c for c in range(k_all) if int(counts[c]) >= s.dp_min_class_images]
         if not released:
             continue
-        n = int(counts[released].sum())
-        q = min(1.0, s.batch_real * len(released) / n)  # plan_release's sample rate
-        params = resolve_privacy(privacy, sample_rate=q, steps=s.iterations, num_examples=n)
+        # the client's own DP dm release plan (sample rate, noise multiplier), as distill_partition makes it
+        params = plan_release(engine, counts[released].tolist(), s.ipc, privacy)
         keep = torch.isin(labels, torch.tensor(released))
-        expected = torch.zeros(k_all, dtype=torch.float64)
-        expected[released] = q * counts[released].double()
+        expected = torch.zeros(k_all, dtype=torch.float64)  # 0 for the classes the client does not release
+        expected[released] = params.sample_rate * counts[released].double()
         mech = GaussianMechanism(params, seed=client_seed(s, pid))
-        clients.append((images[keep], labels[keep], released, expected, mech))
+        clients.append((images[keep], labels[keep], expected, mech))
     steps = []
     for t in range(s.iterations):
         torch.manual_seed(public_seed * 1_000_003 + t)
@@ -95,18 +96,17 @@ def pooled_release(s: TaskSettings, num_clients: int, public_seed: int) -> tuple
             ref = net.embed(aug(syn0, draw, syn_labels)).mean(0)
             num = torch.zeros(k_all, ref.numel(), dtype=torch.float64)
             den = torch.zeros(k_all, dtype=torch.float64)
-            for x, y, released, expected, mech in clients:  # each client, on its own data
+            for x, y, expected, mech in clients:  # each client, on its own data
                 idx = mech.sample(len(y))
                 emb = net.embed(aug(x[idx], draw, y[idx])) - ref if len(idx) else x.new_zeros(0, ref.numel())
                 sums = mech.noisy_class_sums(emb, y[idx], k_all, normalize=True).double()
-                var = mech.noise_std ** 2
-                for c in released:  # the server: inverse-variance pooling of the released sums
-                    num[c] += float(expected[c]) / var * sums[c]
-                    den[c] += float(expected[c]) ** 2 / var
+                # the server: inverse-variance pooling of the released sums (weight 0 where nothing is released)
+                num += (expected / mech.noise_std**2)[:, None] * sums
+                den += expected**2 / mech.noise_std**2
         classes = [c for c in range(k_all) if den[c] > 0]
         target = (num[classes] / den[classes, None]).float()
         steps.append((net, draw, ref, target, classes))
-    return steps, syn0, [round(c[4].params.noise_multiplier, 3) for c in clients]
+    return steps, syn0, [round(c[3].params.noise_multiplier, 3) for c in clients]
 
 
 def synthesise(s: TaskSettings, steps: list, syn0: torch.Tensor, public_seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,6 +19,7 @@ summaries is cached under ``--cache``, and the server's training is tried severa
   deviation, after DSA (where ``noiseS`` adds the same std S to every image);
 - ``pcaK/MODE``: MODE on the summaries projected onto the top ``K`` principal components of the
   summaries of holders of at least 400 images of their class (a denoiser learnt from the clean ones);
+- ``MODE+lsA``: MODE with label smoothing ``A`` (soft targets ``(1 - A) one_hot + A / K``);
 - ``MODE+selR``: MODE on the summaries that ``fedcl.federated.select.select_summaries`` keeps at
   ``max_ratio=R`` (per class, the clients whose images are at most R times as rough as the smoothest);
 
@@ -71,15 +72,21 @@ def settings(seed: int, root: str, overrides: list[str], **base: object) -> Task
     return TaskSettings(**kw)
 
 
-def summaries(s: TaskSettings, num_clients: int) -> dict[str, torch.Tensor]:
-    """Every client's DP summary, as the ClientApp makes it (seeds included), and its class counts."""
+def summaries(s: TaskSettings, num_clients: int, noise_multiplier: float | None = None) -> dict[str, torch.Tensor]:
+    """Every client's DP summary, as the ClientApp makes it (seeds included), and its class counts.
+
+    ``noise_multiplier`` replaces the calibration to ``epsilon`` (0: the same engine without noise,
+    not private: a diagnostic of what the noise costs)."""
     data = load_data(s.dataset, s.data_root)
+    privacy = s.privacy_config()
+    if noise_multiplier is not None:
+        privacy = dataclasses.replace(privacy, epsilon=None, noise_multiplier=noise_multiplier)
     xs, ys, owners, counts = [], [], [], []
     t0 = time.perf_counter()
     for pid in range(num_clients):
         images, labels = load_partition(s, pid, num_clients)
         x, y, _ = distill_partition(s, images, labels, data, seed=client_seed(s, pid),
-                                    privacy=s.privacy_config())
+                                    privacy=privacy)
         xs.append(x)
         ys.append(y)
         owners.append(torch.full((len(y),), pid))
@@ -140,6 +147,7 @@ def server_run(s: TaskSettings, blob: dict[str, torch.Tensor], mode: str, offset
     size = counts[owner, y].double()  # the owning client's class size, per summary image
     largest = torch.zeros(data.num_classes, dtype=torch.float64).scatter_reduce_(0, y, size, "amax", include_self=False)
     reps = torch.ones(len(y), dtype=torch.long)
+    mode, _, smooth = mode.partition("+ls")  # MODE+lsA: label smoothing A (soft targets)
     base, _, select = mode.partition("+sel")
     if base.startswith("blur"):  # a low-pass filter on every summary image (post-processing), then the rest
         sigma, _, base = base[len("blur"):].partition("/")
@@ -165,12 +173,16 @@ def server_run(s: TaskSettings, blob: dict[str, torch.Tensor], mode: str, offset
     elif base not in ("plain", ""):
         raise SystemExit(f"unknown server mode {mode!r}")
     xi, yi = x.repeat_interleave(reps, 0), y.repeat_interleave(reps, 0)
+    if smooth:
+        a = float(smooth)
+        yi = torch.nn.functional.one_hot(yi, data.num_classes).float() * (1 - a) + a / data.num_classes
     t0 = time.perf_counter()
     model = make_model(s, data, seed=s.seed)
     with _after_dsa(post):
         acc = train_global(s, model, xi, yi, data, epochs=s.server_epochs, seed=s.seed + 1 + offset)
     per_class = class_accuracy(predict(model, data.test_images), data.test_labels, data.num_classes)
-    return {"seed": s.seed, "server": mode, "train_seed": s.seed + 1 + offset, "accuracy": acc,
+    label = mode + (f"+ls{smooth}" if smooth else "")
+    return {"seed": s.seed, "server": label, "train_seed": s.seed + 1 + offset, "accuracy": acc,
             "class_accuracy": [round(a, 3) for a in per_class], "images": int(len(yi)),
             "seconds": round(time.perf_counter() - t0)}
 
@@ -184,6 +196,8 @@ def main() -> None:
     p.add_argument("--server-set", nargs="*", default=[],
                    help="TaskSettings overrides for the server's training only (e.g. width=32 when --set width=8)")
     p.add_argument("--init-scale", type=float, default=1.0)
+    p.add_argument("--noise-multiplier", type=float, default=None,
+                   help="the clients' noise multiplier instead of calibrating to epsilon (0: no noise, not private)")
     p.add_argument("--tag", default="base")
     p.add_argument("--cache", default="/tmp/fedcl_dp_ablation")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "federated_dp_ablation.jsonl"))
@@ -204,13 +218,14 @@ def main() -> None:
     if cache.exists():
         blob = torch.load(cache, weights_only=True)
     else:
-        blob = summaries(s, 10)
+        blob = summaries(s, 10, args.noise_multiplier)
         cache.parent.mkdir(parents=True, exist_ok=True)
         torch.save(blob, cache)
     server = dataclasses.replace(s, **{k: _value(k, t) for k, _, t in (i.partition("=") for i in args.server_set)})
     for spec in args.server:
         mode, _, offset = spec.partition("#")
         rec = {"tag": args.tag, "set": args.set, "init_scale": args.init_scale,
+               **({"noise_multiplier": args.noise_multiplier} if args.noise_multiplier is not None else {}),
                **({"server_set": args.server_set} if args.server_set else {}),
                **server_run(server, blob, mode, int(offset or 0))}
         print(json.dumps(rec), flush=True)

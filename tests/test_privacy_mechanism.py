@@ -165,6 +165,8 @@ def test_batchnorm_is_converted_and_reported(digits):
     (PrivacyConfig(noise_multiplier=1.0, max_grad_norm=math.inf), "no clipping"),
     (PrivacyConfig(epsilon=1.0, downsample=0), "downsample"),
     (PrivacyConfig(epsilon=1.0, downsample=1.5), "downsample"),
+    (PrivacyConfig(epsilon=1.0, subspace=-1), "subspace"),
+    (PrivacyConfig(epsilon=1.0, subspace=4, subspace_below=2.5), "subspace_below"),
 ])
 def test_bad_privacy_blocks_are_refused(cfg, match):
     with pytest.raises(PrivacyError, match=match):
@@ -288,3 +290,37 @@ def test_downsample_needs_images():
         _parameterise(torch.zeros(4, 1, 3, 3), 4)
     render, param = _parameterise(torch.randn(4, 1, 8, 8), 2)
     assert param.shape == (4, 1, 4, 4) and render(param).shape == (4, 1, 8, 8)
+
+
+def test_subspace_basis_is_orthonormal_and_capped_by_rank():
+    from fedcl.privacy.engines import _subspace
+
+    gen = torch.Generator().manual_seed(0)
+    emb = torch.randn(6, 3, generator=gen) @ torch.randn(3, 40, generator=gen)  # 6 rows of rank 3 (centred: <= 3)
+    basis = _subspace(emb, 16)
+    assert basis.shape == (3, 40)  # capped by the rank of the centred rows, not by k
+    assert torch.allclose(basis @ basis.T, torch.eye(3), atol=1e-5)
+    centred = emb - emb.mean(0)
+    assert torch.allclose(centred @ basis.T @ basis, centred, atol=1e-4)  # the rows lie in its span
+    assert _subspace(emb, 2).shape == (2, 40)
+
+
+def test_subspace_changes_the_images_not_the_release(digits):
+    x, y = digits.train_images[:600], digits.train_labels[:600]  # about 60 images per class
+    out = {}
+    for name, extra in {"off": {}, "all": {"subspace": 4}, "none_small": {"subspace": 4, "subspace_below": 10},
+                        "some_small": {"subspace": 4, "subspace_below": 60}}.items():
+        dist = create_distiller("dm", iterations=3, batch_real=16, lr_img=100.0, seed=1, **TINY)
+        syn = dist.distill(x, y, 2, privacy=PrivacyConfig(epsilon=1.0, delta=1e-4, replay=1, **extra))
+        assert torch.isfinite(syn.images).all()
+        out[name] = (syn.images, syn.meta["privacy"])
+    for name in ("all", "none_small", "some_small"):
+        assert out[name][1] == out["off"][1]  # same steps, sample rate, noise: a post-processing choice
+    assert torch.equal(out["none_small"][0], out["off"][0])  # no class under the bound: nothing projected
+    assert not torch.allclose(out["all"][0], out["off"][0])
+    counts = torch.bincount(y, minlength=10)
+    small = counts < 60
+    assert small.any() and not small.all()
+    rows = small[torch.arange(10).repeat_interleave(2)]  # the two images of each class
+    some, off = out["some_small"][0], out["off"][0]
+    assert not torch.allclose(some[rows], off[rows])  # the small classes were matched in the subspace

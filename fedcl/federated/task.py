@@ -67,7 +67,8 @@ class TaskSettings:
         rho: FedDM perturbation of the global model (relative std of the noise).
         epsilon, delta: DP per client (epsilon 0 means no DP).
         max_grad_norm, accountant, secure_mode, dp_normalize, dp_center, dp_pool, dp_replay, dp_clamp,
-            dp_downsample: the rest of the client's DP block (:class:`fedcl.privacy.PrivacyConfig`'s fields).
+            dp_downsample, dp_subspace, dp_subspace_below: the rest of the client's DP block
+            (:class:`fedcl.privacy.PrivacyConfig`'s fields).
         device: ``auto``, ``cpu``, ``cuda``.
         fault: test hook, ``"PID:KIND,..."`` makes partition PID send a bad summary
             (KIND: ``nan``, ``shape``, ``labels``, ``oversize``, ``dtype``).
@@ -108,6 +109,8 @@ class TaskSettings:
     dp_replay: int = 4
     dp_clamp: bool = False
     dp_downsample: int = 1
+    dp_subspace: int = 0
+    dp_subspace_below: int = 0
     secure_mode: bool = False
     device: str = "cpu"
     fault: str = ""
@@ -139,7 +142,8 @@ class TaskSettings:
         return PrivacyConfig(epsilon=self.epsilon / max(rounds, 1), delta=self.delta, max_grad_norm=self.max_grad_norm,
                              accountant=self.accountant, normalize=self.dp_normalize, center=self.dp_center,
                              pool=self.dp_pool, replay=self.dp_replay, clamp=self.dp_clamp,
-                             downsample=self.dp_downsample,
+                             downsample=self.dp_downsample, subspace=self.dp_subspace,
+                             subspace_below=self.dp_subspace_below,
                              secure_mode=self.secure_mode)
 
     def faults(self) -> dict[int, str]:

@@ -133,7 +133,7 @@ def validate_privacy(privacy: PrivacyConfig, num_examples: int | None = None) ->
         PrivacyError: epsilon <= 0, delta outside (0, 1) or >= 1/N, max_grad_norm <= 0,
             noise_multiplier < 0, both epsilon and noise_multiplier set, unknown
             accountant, sample_rate outside (0, 1], infinite clipping with noise, downsample
-            not an integer >= 1.
+            not an integer >= 1, subspace or subspace_below not an integer >= 0.
     """
     _positive("epsilon", privacy.epsilon)
     if privacy.epsilon is not None and privacy.noise_multiplier is not None:
@@ -165,6 +165,10 @@ def validate_privacy(privacy: PrivacyConfig, num_examples: int | None = None) ->
             raise PrivacyError(f"privacy.sample_rate must be in (0, 1], got {privacy.sample_rate}")
     if int(privacy.downsample) != privacy.downsample or privacy.downsample < 1:
         raise PrivacyError(f"privacy.downsample must be an integer >= 1 (1: full resolution), got {privacy.downsample}")
+    for name in ("subspace", "subspace_below"):
+        value = getattr(privacy, name)
+        if int(value) != value or value < 0:
+            raise PrivacyError(f"privacy.{name} must be an integer >= 0 (0: off), got {value}")
 
 
 def resolve_privacy(privacy: PrivacyConfig, *, sample_rate: float, steps: int,

@@ -47,6 +47,16 @@ class PrivacyConfig:
             resolution). The noisy targets of a small class cannot then be fitted by pixel-level
             noise texture. Post-processing, no privacy cost. 1 by default: at 2 the federated
             MNIST summaries at epsilon 1 lost accuracy (experiments/results/federated.md).
+        subspace: ``dm`` only: if > 0, each private step projects every (centred) embedding onto the
+            top ``subspace`` principal directions of the current synthetic images' embeddings in that
+            step's network before clipping, so the noise lives in that many dimensions instead of
+            the embedding's. The basis is a function of the synthetic images (earlier releases) and the
+            public network only, so it costs no privacy. (Dosser's subspace matching learns its basis
+            from public data instead; fedcl's setting has none.) 0 (off) by default: on federated MNIST
+            at epsilon 1 it lost accuracy (experiments/results/federated.md), likely because the
+            synthetic images' span lacks the directions in which the real class differs from them.
+        subspace_below: with ``subspace``, project only the classes of fewer than this many examples
+            (whose means are the noisiest); larger classes keep every dimension. 0: every class.
     """
 
     epsilon: float | None = None
@@ -62,6 +72,8 @@ class PrivacyConfig:
     replay: int = 4
     clamp: bool = False
     downsample: int = 1
+    subspace: int = 0
+    subspace_below: int = 0
 
     @property
     def enabled(self) -> bool:

@@ -88,6 +88,15 @@ def _embed(net: torch.nn.Module, x: torch.Tensor, pool: bool) -> torch.Tensor:
     return net.embed(x)
 
 
+def _subspace(emb: torch.Tensor, k: int) -> torch.Tensor:
+    """The top ``k`` principal directions of the rows of ``emb``, as an orthonormal ``(k', D)`` basis
+    (``k'`` = ``k`` or the rank of the centred rows, whichever is smaller)."""
+    centred = emb - emb.mean(0)
+    _, sv, vh = torch.linalg.svd(centred, full_matrices=False)
+    rank = int((sv > sv[0] * 1e-5).sum()) if len(sv) else 0
+    return vh[:max(1, min(k, rank))]
+
+
 def _pixel_box(engine: Distiller, syn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Per-channel bounds of normalised pixels, ``((0 - mean) / std, (1 - mean) / std)``, from the metadata."""
     mean, std = engine._meta.get("mean"), engine._meta.get("std")
@@ -149,13 +158,24 @@ def distill_dm_private(engine: Distiller, real: ClassData, syn: torch.Tensor, sy
     opt = torch.optim.SGD([param], lr=engine.lr_img, momentum=engine.momentum)
     syn_group = group[syn_labels.cpu()]
     dev_group = group.to(real.device)
-    released: list[tuple[torch.nn.Module, object, torch.Tensor, torch.Tensor | float]] = []
+    subspace, below = int(privacy.subspace), int(privacy.subspace_below)
+    sizes = real.counts[torch.tensor(classes)].to(real.device)
+    small = (sizes < below) if below > 0 else torch.ones_like(sizes, dtype=torch.bool)  # per group: projected
+    syn_rows = syn_group.to(real.device)
+    released: list[tuple[torch.nn.Module, object, torch.Tensor, torch.Tensor | float, torch.Tensor | None]] = []
     box = _pixel_box(engine, syn) if privacy.clamp else None
 
-    def update(net: torch.nn.Module, params: object, target: torch.Tensor, ref: torch.Tensor | float) -> None:
+    def project(emb: torch.Tensor, ref: torch.Tensor | float, proj: torch.Tensor | None,
+                rows: torch.Tensor) -> torch.Tensor:
+        """``emb - ref``, and for the rows of projected classes (``rows``: group per row), onto ``proj``."""
+        emb = emb - ref
+        return emb if proj is None else torch.where(small[rows][:, None], emb @ proj, emb)
+
+    def update(net: torch.nn.Module, params: object, target: torch.Tensor, ref: torch.Tensor | float,
+               proj: torch.Tensor | None) -> None:
         syn = render(param)
         xs = aug(syn, params, syn_group) if aug else syn
-        emb_syn = bound_rows(_embed(net, xs, pool) - ref, c_max, normalize=normalize)
+        emb_syn = bound_rows(project(_embed(net, xs, pool), ref, proj, syn_rows), c_max, normalize=normalize)
         loss = ((class_means(emb_syn, syn_labels, classes) - target) ** 2).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -172,25 +192,31 @@ def distill_dm_private(engine: Distiller, real: ClassData, syn: torch.Tensor, sy
             for p in net.parameters():
                 p.requires_grad_(False)
             params = aug.sample(len(classes), gen) if aug else None
-            with torch.no_grad():  # the centre is computed from the synthetic images only (no real data)
+            with torch.no_grad():  # centre and subspace come from the synthetic images only (no real data)
                 syn = render(param)
-                ref = _embed(net, aug(syn, params, syn_group) if aug else syn, pool).mean(0) if privacy.center else 0.0
+                emb_s = _embed(net, aug(syn, params, syn_group) if aug else syn, pool)
+                ref = emb_s.mean(0) if privacy.center else 0.0
+                basis = _subspace(emb_s, subspace) if subspace else None
+                proj = basis.T @ basis if basis is not None else None
             idx = mech.sample(len(real.labels)).to(real.device)
             xr, yr = real.images[idx], real.labels[idx]
             with torch.no_grad():
                 if len(idx):
-                    emb = _embed(net, aug(xr, params, group[yr.cpu()]) if aug else xr, pool) - ref
+                    emb = project(_embed(net, aug(xr, params, group[yr.cpu()]) if aug else xr, pool), ref, proj,
+                                  dev_group[yr])
                 else:
-                    emb = xr.new_zeros(0, _embed(net, syn[:1], pool).shape[1])
+                    emb = xr.new_zeros(0, emb_s.shape[1])
                 target = mech.private_means(emb, dev_group[yr], expected, normalize=normalize)
+                if proj is not None:  # post-processing: keep the noise of a projected class in the subspace
+                    target = torch.where(small[:, None], target @ proj, target)
             if replay:
-                released.append((net, params, target, ref))
+                released.append((net, params, target, ref, proj))
         else:  # replay: post-processing of the released targets, in a fresh random order each pass
             k = (it - engine.iterations) % engine.iterations
             if k == 0:
                 order = torch.randperm(engine.iterations, generator=gen).tolist()
-            net, params, target, ref = released[order[k]]
-        update(net, params, target, ref)
+            net, params, target, ref, proj = released[order[k]]
+        update(net, params, target, ref, proj)
         if callback is not None:
             with torch.no_grad():
                 callback(it + 1, engine.wrap(render(param), syn_labels, num_classes))

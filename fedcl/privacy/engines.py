@@ -143,7 +143,9 @@ def distill_dm_private(engine: Distiller, real: ClassData, syn: torch.Tensor, sy
     bound (no noise: no real data), so both sides of the match live on the same scale. With
     ``privacy.replay`` the (network, augmentation, noisy target) triples of the private steps
     are kept and the images are updated ``replay`` more times against each of them: this only
-    post-processes released values, so the privacy record is that of the private steps.
+    post-processes released values, so the privacy record is that of the private steps. With
+    ``privacy.subspace`` the embeddings of the projected classes are matched in the top principal
+    directions of the synthetic images' embeddings (a function of earlier releases only).
     """
     from fedcl.distill.dm import class_means
 

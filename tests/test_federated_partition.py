@@ -110,7 +110,7 @@ def test_federated_dp_needs_an_accountant_that_composes_rounds() -> None:
         _validate(FederatedConfig(privacy=PrivacyConfig(epsilon=1.0, accountant="gdp"), strategies=["oneshot"]))
 
 
-@pytest.mark.parametrize("bad", [{"downsample": 0}, {"max_grad_norm": -1.0}, {"delta": 2.0}])
+@pytest.mark.parametrize("bad", [{"downsample": 0}, {"subspace": -1}, {"max_grad_norm": -1.0}, {"delta": 2.0}])
 def test_a_bad_privacy_block_is_refused_before_any_client_starts(bad: dict) -> None:
     from fedcl.federated.command import FederatedConfig, _validate
     from fedcl.privacy import PrivacyConfig

@@ -110,7 +110,8 @@ def test_federated_dp_needs_an_accountant_that_composes_rounds() -> None:
         _validate(FederatedConfig(privacy=PrivacyConfig(epsilon=1.0, accountant="gdp"), strategies=["oneshot"]))
 
 
-@pytest.mark.parametrize("bad", [{"downsample": 0}, {"subspace": -1}, {"max_grad_norm": -1.0}, {"delta": 2.0}])
+@pytest.mark.parametrize("bad", [{"downsample": 0}, {"subspace": -1}, {"max_grad_norm": -1.0}, {"delta": 2.0},
+                                 {"public": "digits"}])
 def test_a_bad_privacy_block_is_refused_before_any_client_starts(bad: dict) -> None:
     from fedcl.federated.command import FederatedConfig, _validate
     from fedcl.privacy import PrivacyConfig
@@ -131,7 +132,8 @@ def test_run_config_carries_the_privacy_block_and_matches_the_app_defaults() -> 
 
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     priv = PrivacyConfig(epsilon=2.0, delta=1e-6, max_grad_norm=0.5, accountant="prv", pool=True, replay=2,
-                         clamp=True, center=False, downsample=2, subspace=16, subspace_below=300)
+                         clamp=True, center=False, downsample=2, subspace=16, subspace_below=300, public="digits",
+                         public_fill=0.75)
     rc = run_config(FederatedConfig(privacy=priv, strategies=["oneshot"]), "oneshot")
     app = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     task_keys = {k for k in TaskSettings().to_record() if k != "data-root"}
@@ -145,7 +147,8 @@ def test_run_config_carries_the_privacy_block_and_matches_the_app_defaults() -> 
     got, ledger = _privacy(s, Ctx(), rounds=1)
     assert (got.epsilon, got.delta, got.max_grad_norm, got.accountant) == (2.0, 1e-6, 0.5, "prv")
     assert (got.pool, got.replay, got.clamp, got.center, got.normalize) == (True, 2, True, False, True)
-    assert (got.downsample, got.subspace, got.subspace_below) == (2, 16, 300)
+    assert (got.downsample, got.subspace, got.subspace_below, got.public, got.public_fill) == \
+        (2, 16, 300, "digits", 0.75)
     assert ledger.epsilon == 2.0 and ledger.accountant == "prv"  # the ledger composes with the release's accountant
 
 

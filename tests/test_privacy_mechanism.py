@@ -167,6 +167,9 @@ def test_batchnorm_is_converted_and_reported(digits):
     (PrivacyConfig(epsilon=1.0, downsample=1.5), "downsample"),
     (PrivacyConfig(epsilon=1.0, subspace=-1), "subspace"),
     (PrivacyConfig(epsilon=1.0, subspace=4, subspace_below=2.5), "subspace_below"),
+    (PrivacyConfig(epsilon=1.0, public="digits"), "subspace > 0"),
+    (PrivacyConfig(epsilon=1.0, subspace=4, public="no-such-set"), "not a registered dataset"),
+    (PrivacyConfig(epsilon=1.0, subspace=4, public="digits", public_fill=0.0), "public_fill"),
 ])
 def test_bad_privacy_blocks_are_refused(cfg, match):
     with pytest.raises(PrivacyError, match=match):
@@ -324,3 +327,44 @@ def test_subspace_changes_the_images_not_the_release(digits):
     rows = small[torch.arange(10).repeat_interleave(2)]  # the two images of each class
     some, off = out["some_small"][0], out["off"][0]
     assert not torch.allclose(some[rows], off[rows])  # the small classes were matched in the subspace
+
+
+def test_public_images_take_the_private_layout():
+    from fedcl.data import load_dataset
+    from fedcl.privacy.public import public_images
+
+    digits = load_dataset("digits")
+    mean, std = (0.1307,), (0.3081,)
+    x = public_images("digits", (1, 28, 28), mean, std, fill=20 / 28)
+    assert x.shape == (len(digits.train_images), 1, 28, 28)
+    pixels = x * std[0] + mean[0]
+    assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5  # back in [0, 1] before the private normalisation
+    assert torch.allclose(pixels[:, :, :4], torch.zeros(1), atol=1e-5)  # a black frame around a 20x20 box
+    assert torch.allclose(pixels[:, :, :, -4:], torch.zeros(1), atol=1e-5)
+    assert pixels[:, :, 4:24, 4:24].amax() > 0.5
+    rgb = public_images("digits", (3, 16, 16), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    assert rgb.shape[1:] == (3, 16, 16) and torch.equal(rgb[:, 0], rgb[:, 2])
+
+
+def test_a_public_basis_changes_the_images_not_the_release(digits):
+    x, y = digits.train_images[:600], digits.train_labels[:600]
+    meta = {"dataset": "digits", "mean": list(digits.mean), "std": list(digits.std)}
+    out = {}
+    for name, extra in {"synthetic": {"subspace": 4}, "public": {"subspace": 4, "public": "digits"}}.items():
+        dist = create_distiller("dm", iterations=3, batch_real=16, lr_img=100.0, seed=1, **TINY)
+        syn = dist.distill(x, y, 2, privacy=PrivacyConfig(epsilon=1.0, delta=1e-4, replay=1, **extra), meta=meta)
+        assert torch.isfinite(syn.images).all()
+        out[name] = (syn.images, syn.meta["privacy"])
+    assert out["public"][1] == out["synthetic"][1]  # the basis is post-processing: same record
+    assert not torch.allclose(out["public"][0], out["synthetic"][0])
+
+
+def test_a_public_basis_spans_the_public_embeddings_about_the_reference():
+    from fedcl.privacy.engines import _subspace
+
+    torch.manual_seed(0)
+    emb = torch.randn(5, 30) + 3.0  # far from the origin: the offset is a direction of its own
+    basis = _subspace(emb, 10, centre=False)
+    assert basis.shape == (5, 30)
+    assert torch.allclose(emb @ basis.T @ basis, emb, atol=1e-4)
+    assert _subspace(emb, 10).shape == (4, 30)  # centred, one direction fewer

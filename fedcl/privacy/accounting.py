@@ -133,7 +133,8 @@ def validate_privacy(privacy: PrivacyConfig, num_examples: int | None = None) ->
         PrivacyError: epsilon <= 0, delta outside (0, 1) or >= 1/N, max_grad_norm <= 0,
             noise_multiplier < 0, both epsilon and noise_multiplier set, unknown
             accountant, sample_rate outside (0, 1], infinite clipping with noise, downsample
-            not an integer >= 1, subspace or subspace_below not an integer >= 0.
+            not an integer >= 1, subspace or subspace_below not an integer >= 0, a ``public``
+            dataset without ``subspace`` or not registered, ``public_fill`` outside (0, 1].
     """
     _positive("epsilon", privacy.epsilon)
     if privacy.epsilon is not None and privacy.noise_multiplier is not None:
@@ -169,6 +170,17 @@ def validate_privacy(privacy: PrivacyConfig, num_examples: int | None = None) ->
         value = getattr(privacy, name)
         if int(value) != value or value < 0:
             raise PrivacyError(f"privacy.{name} must be an integer >= 0 (0: off), got {value}")
+    if privacy.public:
+        from fedcl.data import list_datasets
+
+        if not privacy.subspace:
+            raise PrivacyError("privacy.public is only used for the basis of privacy.subspace; set subspace > 0 "
+                               "or leave public empty")
+        if privacy.public not in list_datasets():
+            raise PrivacyError(f"privacy.public={privacy.public!r} is not a registered dataset; "
+                               f"known: {', '.join(list_datasets())}")
+    if not 0.0 < float(privacy.public_fill) <= 1.0:
+        raise PrivacyError(f"privacy.public_fill must be in (0, 1], got {privacy.public_fill}")
 
 
 def resolve_privacy(privacy: PrivacyConfig, *, sample_rate: float, steps: int,

@@ -51,12 +51,20 @@ class PrivacyConfig:
             top ``subspace`` principal directions of the current synthetic images' embeddings in that
             step's network before clipping, so the noise lives in that many dimensions instead of
             the embedding's. The basis is a function of the synthetic images (earlier releases) and the
-            public network only, so it costs no privacy. (Dosser's subspace matching learns its basis
-            from public data instead; fedcl's setting has none.) 0 (off) by default: on federated MNIST
-            at epsilon 1 it lost accuracy (experiments/results/federated.md), likely because the
-            synthetic images' span lacks the directions in which the real class differs from them.
+            public network only, so it costs no privacy; with ``public`` it comes from public images
+            instead, as in Dosser. 0 (off) by default: on federated MNIST at epsilon 1 it lost
+            accuracy with either basis (experiments/results/federated.md): what the projection
+            leaves out costs more than the noise it removes.
         subspace_below: with ``subspace``, project only the classes of fewer than this many examples
             (whose means are the noisiest); larger classes keep every dimension. 0: every class.
+        public: with ``subspace``, a registered dataset taken as *public* auxiliary data: each
+            private step's basis is the top principal directions of its images' embeddings
+            (about the synthetic reference) instead of the synthetic images', as in Dosser. No
+            privacy cost for the private data; calling a dataset public is the user's claim
+            (see :mod:`fedcl.privacy.public`). "" (default): no public data.
+            Each private step embeds 512 of them, drawn at random.
+        public_fill: the fraction of the frame the public images are resized to (20/28 puts
+            ``digits`` in MNIST's layout).
     """
 
     epsilon: float | None = None
@@ -74,6 +82,8 @@ class PrivacyConfig:
     downsample: int = 1
     subspace: int = 0
     subspace_below: int = 0
+    public: str = ""
+    public_fill: float = 1.0
 
     @property
     def enabled(self) -> bool:

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 __all__ = ["distill_dm_private", "distill_gm_private", "plan_release"]
 
+PUBLIC_BATCH = 512  # public images embedded per private step for ``privacy.public``'s basis
+
 
 def _steps_per_iteration(engine: Distiller, ipc: int) -> int:
     """How many times one iteration queries each class (1 for dm; outer_loop for gm/dsa)."""
@@ -88,13 +90,24 @@ def _embed(net: torch.nn.Module, x: torch.Tensor, pool: bool) -> torch.Tensor:
     return net.embed(x)
 
 
-def _subspace(emb: torch.Tensor, k: int) -> torch.Tensor:
-    """The top ``k`` principal directions of the rows of ``emb``, as an orthonormal ``(k', D)`` basis
-    (``k'`` = ``k`` or the rank of the centred rows, whichever is smaller)."""
-    centred = emb - emb.mean(0)
+def _subspace(emb: torch.Tensor, k: int, *, centre: bool = True) -> torch.Tensor:
+    """The top ``k`` principal directions of the rows of ``emb`` (about their mean with ``centre``,
+    else about the origin), as an orthonormal ``(k', D)`` basis (``k'`` = ``k`` or the rank of
+    those rows, whichever is smaller)."""
+    centred = emb - emb.mean(0) if centre else emb
     _, sv, vh = torch.linalg.svd(centred, full_matrices=False)
     rank = int((sv > sv[0] * 1e-5).sum()) if len(sv) else 0
     return vh[:max(1, min(k, rank))]
+
+
+def _public(engine: Distiller, privacy: PrivacyConfig, syn: torch.Tensor) -> torch.Tensor:
+    """``privacy.public``'s images in the synthetic images' shape, normalisation and device."""
+    from fedcl.privacy.public import public_images
+
+    mean, std = engine._meta.get("mean"), engine._meta.get("std")
+    if mean is None or std is None:
+        raise PrivacyError("privacy.public needs the private dataset's mean and std in the metadata")
+    return public_images(privacy.public, syn.shape[1:], mean, std, fill=privacy.public_fill).to(syn.device)
 
 
 def _pixel_box(engine: Distiller, syn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -145,7 +158,8 @@ def distill_dm_private(engine: Distiller, real: ClassData, syn: torch.Tensor, sy
     are kept and the images are updated ``replay`` more times against each of them: this only
     post-processes released values, so the privacy record is that of the private steps. With
     ``privacy.subspace`` the embeddings of the projected classes are matched in the top principal
-    directions of the synthetic images' embeddings (a function of earlier releases only).
+    directions of the synthetic images' embeddings (a function of earlier releases only), or with
+    ``privacy.public`` of public images' embeddings (Dosser's auxiliary data).
     """
     from fedcl.distill.dm import class_means
 
@@ -166,6 +180,7 @@ def distill_dm_private(engine: Distiller, real: ClassData, syn: torch.Tensor, sy
     syn_rows = syn_group.to(real.device)
     released: list[tuple[torch.nn.Module, object, torch.Tensor, torch.Tensor | float, torch.Tensor | None]] = []
     box = _pixel_box(engine, syn) if privacy.clamp else None
+    public = _public(engine, privacy, syn) if subspace and privacy.public else None
 
     def project(emb: torch.Tensor, ref: torch.Tensor | float, proj: torch.Tensor | None,
                 rows: torch.Tensor) -> torch.Tensor:
@@ -198,7 +213,13 @@ def distill_dm_private(engine: Distiller, real: ClassData, syn: torch.Tensor, sy
                 syn = render(param)
                 emb_s = _embed(net, aug(syn, params, syn_group) if aug else syn, pool)
                 ref = emb_s.mean(0) if privacy.center else 0.0
-                basis = _subspace(emb_s, subspace) if subspace else None
+                if public is not None:  # Dosser: the directions of public images about the reference
+                    pub = public[torch.randperm(len(public), generator=gen)[:PUBLIC_BATCH].to(public.device)]
+                    zero = torch.zeros(len(pub), dtype=torch.long)
+                    emb_p = _embed(net, aug(pub, params, zero) if aug else pub, pool)
+                    basis = _subspace(emb_p - ref, subspace, centre=False)
+                else:
+                    basis = _subspace(emb_s, subspace) if subspace else None
                 proj = basis.T @ basis if basis is not None else None
             idx = mech.sample(len(real.labels)).to(real.device)
             xr, yr = real.images[idx], real.labels[idx]

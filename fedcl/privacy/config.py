@@ -61,8 +61,9 @@ class PrivacyConfig:
             private step's basis is the top principal directions of its images' embeddings
             (about the synthetic reference) instead of the synthetic images', as in Dosser. No
             privacy cost for the private data; calling a dataset public is the user's claim
-            (see :mod:`fedcl.privacy.public`). "" (default): no public data.
-            Each private step embeds 512 of them, drawn at random.
+            (see :mod:`fedcl.privacy.public`). Each private step embeds 512 of its training
+            images, drawn at random; it is loaded from ``$FEDCL_DATA`` or ``./data`` (``digits``
+            is bundled). "" (default): no public data.
         public_fill: the fraction of the frame the public images are resized to (20/28 puts
             ``digits`` in MNIST's layout).
     """

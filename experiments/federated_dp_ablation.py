@@ -72,6 +72,11 @@ def settings(seed: int, root: str, overrides: list[str], **base: object) -> Task
     return TaskSettings(**kw)
 
 
+def cache_file(cache: str, tag: str, seed: int) -> Path:
+    """Where the union of the clients' summaries of ``tag`` and ``seed`` is cached under ``cache``."""
+    return Path(cache) / f"{tag}_seed{seed}.pt"
+
+
 def summaries(s: TaskSettings, num_clients: int, noise_multiplier: float | None = None) -> dict[str, torch.Tensor]:
     """Every client's DP summary, as the ClientApp makes it (seeds included), and its class counts.
 
@@ -214,7 +219,7 @@ def main() -> None:
             return mech, syn * args.init_scale, group, expected
 
         engines._setup = scaled
-    cache = Path(args.cache) / f"{args.tag}_seed{args.seed}.pt"
+    cache = cache_file(args.cache, args.tag, args.seed)
     if cache.exists():
         blob = torch.load(cache, weights_only=True)
     else:

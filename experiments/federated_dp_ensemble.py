@@ -14,13 +14,12 @@ own draw. One JSON line per model: its test accuracy and that of the ensemble of
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
 
 import torch
-from federated_dp_ablation import settings
+from federated_dp_ablation import cache_file, settings
 
 from fedcl.federated.task import load_data, make_model, train_global
 
@@ -35,11 +34,11 @@ def main() -> None:
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "federated_dp_ablation.jsonl"))
     args = p.parse_args()
     torch.set_num_threads(1)
-    cache = Path(args.cache) / f"{args.tag}_seed{args.seed}.pt"
+    cache = cache_file(args.cache, args.tag, args.seed)
     if not cache.exists():
         raise SystemExit(f"{cache} is missing: run federated_dp_ablation.py --seed {args.seed} --tag {args.tag} first")
     blob = torch.load(cache, weights_only=True)
-    s = dataclasses.replace(settings(args.seed, args.root, ["server_epochs=2000"]), server_noise=2.0)
+    s = settings(args.seed, args.root, ["server_epochs=2000", "server_noise=2.0"])
     data = load_data(s.dataset, s.data_root)
     probs = []
     for m in range(args.models):

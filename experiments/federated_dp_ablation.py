@@ -17,6 +17,13 @@ summaries is cached under ``--cache``, and the server's training is tried severa
   (an augmentation of all images alike, after DSA);
 - ``rnoiseF``: the server's training with Gaussian noise of std F times each image's own standard
   deviation, after DSA (where ``noiseS`` adds the same std S to every image);
+- ``stdR/MODE``: MODE on the summaries with every image standardised to mean 0 and std ``R``
+  (the matching ConvNet's instance norm makes its embedding blind to an image's scale, so the
+  scale the images end at is an accident of the optimisation);
+- ``gscaleR/MODE``: MODE on the summaries all scaled by one factor, so that the median of their
+  images' standard deviations is ``R`` (their relative scales kept);
+- ``powB/MODE``: MODE on the summaries with image ``i`` scaled to std ``5 (s_i / m)^B`` (``s_i`` its
+  std, ``m`` their median): the server's noise, relative to an image, then goes as ``s_i^-B``;
 - ``pcaK/MODE``: MODE on the summaries projected onto the top ``K`` principal components of the
   summaries of holders of at least 400 images of their class (a denoiser learnt from the clean ones);
 - ``MODE+lsA``: MODE with label smoothing ``A`` (soft targets ``(1 - A) one_hot + A / K``);
@@ -49,6 +56,7 @@ from fedcl.federated.task import (
     load_data,
     load_partition,
     make_model,
+    standardize_images,
     train_global,
 )
 from fedcl.train import class_accuracy, predict
@@ -157,6 +165,16 @@ def server_run(s: TaskSettings, blob: dict[str, torch.Tensor], mode: str, offset
     if base.startswith("blur"):  # a low-pass filter on every summary image (post-processing), then the rest
         sigma, _, base = base[len("blur"):].partition("/")
         x = blur(x, float(sigma))
+    elif base.startswith("std"):  # every summary image standardised to mean 0 and std R (its own statistics)
+        r, _, base = base[len("std"):].partition("/")
+        x = standardize_images(x, float(r))
+    elif base.startswith("pow"):  # image i scaled to std 5 (s_i / median s)^B: B=1 as gscale5, B=0 as std5
+        b, _, base = base[len("pow"):].partition("/")
+        std = x.flatten(1).std(1).clamp_min(1e-12)
+        x = x * (5.0 * (std / std.median()) ** float(b) / std).view(-1, *([1] * (x.dim() - 1)))
+    elif base.startswith("gscale"):  # all summary images scaled by one factor: their median std becomes R
+        r, _, base = base[len("gscale"):].partition("/")
+        x = x * (float(r) / x.flatten(1).std(1).median())
     elif base.startswith("pca"):  # project every image onto the top-k components of the large holders' images
         k, _, base = base[len("pca"):].partition("/")
         x = project(x, x[size >= 400], int(k))

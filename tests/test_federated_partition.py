@@ -261,3 +261,35 @@ def test_server_balance_lifts_the_classes_with_few_summary_images() -> None:
         recall[balance] = sum(class_accuracy(predict(model, data.test_images), data.test_labels, 10)[5:]) / 5
     assert recall[True] > recall[False] + 0.05
     assert TaskSettings.from_record(run_config(FederatedConfig(server_balance=True), "oneshot")).server_balance
+
+
+def test_server_standardize_makes_server_training_blind_to_each_summary_images_scale() -> None:
+    import dataclasses
+
+    import torch
+
+    from fedcl.data import load_dataset
+    from fedcl.federated.command import FederatedConfig, run_config
+    from fedcl.federated.task import TaskSettings, make_model, standardize_images, train_global
+    from fedcl.train import predict
+
+    data = load_dataset("digits")
+    x, y = data.train_images[:200], data.train_labels[:200]
+    z = standardize_images(x)
+    assert torch.allclose(z.flatten(1).mean(1), torch.zeros(200), atol=1e-5)
+    assert torch.allclose(z.flatten(1).std(1), torch.ones(200), atol=1e-5)
+    # every image at its own scale and offset, as DP summaries end up: the matching cannot see either
+    scale = torch.rand(200, 1, 1, 1, generator=torch.Generator().manual_seed(0)) * 5 + 0.5
+    shifted = x * scale + 0.3
+    s = TaskSettings(width=8, lr=0.1, server_noise=1.0)
+    preds = {}
+    for standardize in (False, True):
+        for name, images in (("raw", x), ("rescaled", shifted)):
+            model = make_model(s, data, seed=0)
+            train_global(dataclasses.replace(s, server_standardize=standardize), model, images, y, data, epochs=5,
+                         seed=1, dsa=False)
+            preds[standardize, name] = predict(model, data.test_images)
+    agree = {k: float((preds[k, "raw"] == preds[k, "rescaled"]).float().mean()) for k in (False, True)}
+    assert agree[True] > 0.99 and agree[False] < 0.95  # without: absolute noise meets each image's own scale
+    record = run_config(FederatedConfig(server_standardize=True), "oneshot")
+    assert TaskSettings.from_record(record).server_standardize

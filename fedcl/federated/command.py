@@ -41,7 +41,7 @@ class FederatedConfig:
     client, so it is generous; a client still busy at the timeout counts as a dropped summary.
     Client distillation (``method``, ``ipc``, ``iterations``, ``batch_real``, ``lr_img``, and
     under DP ``dp_lr_img`` and ``dp_min_class_images``) and the server's training
-    (``server_epochs``, ``server_noise``, ``server_select``, ``server_balance``) are described in :class:`fedcl.federated.task.TaskSettings`.
+    (``server_epochs``, ``server_noise``, ``server_select``, ``server_balance``, ``server_standardize``) are described in :class:`fedcl.federated.task.TaskSettings`.
     """
 
     dataset: str = "digits"
@@ -66,6 +66,7 @@ class FederatedConfig:
     server_noise: float = 0.0
     server_select: float = 0.0
     server_balance: bool = False
+    server_standardize: bool = False
     local_epochs: int = 1
     lr: float = 0.01
     centralised: bool = True
@@ -153,7 +154,7 @@ def run_config(cfg: FederatedConfig, strategy: str) -> dict[str, Any]:
         "dp-lr-img": float(cfg.dp_lr_img), "dp-min-class-images": cfg.dp_min_class_images, "codec": cfg.codec,
         "model": cfg.model, "width": cfg.width, "server-epochs": cfg.server_epochs,
         "server-noise": float(cfg.server_noise), "server-select": float(cfg.server_select),
-        "server-balance": bool(cfg.server_balance),
+        "server-balance": bool(cfg.server_balance), "server-standardize": bool(cfg.server_standardize),
         "local-epochs": cfg.local_epochs, "lr": float(cfg.lr),
         "device": cfg.device, "fault": cfg.fault, "epsilon": float(cfg.privacy.epsilon or 0.0),
         "delta": float(cfg.privacy.delta), "max-grad-norm": float(cfg.privacy.max_grad_norm),

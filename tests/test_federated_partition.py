@@ -211,9 +211,10 @@ def test_server_noise_reaches_every_training_batch_and_not_the_centralised_basel
     with pytest.raises(ConfigError, match="server_noise"):
         _validate(FederatedConfig(server_noise=-1.0))
     seen: list[float] = []
-    monkeypatch.setattr(task, "train_global", lambda s, *a, **k: seen.append(s.server_noise) or 1.0)
-    centralised(FederatedConfig(server_noise=0.5))
-    assert seen == [0.0]  # real images: the baseline trains without the summaries' noise
+    monkeypatch.setattr(task, "train_global",
+                        lambda s, *a, **k: seen.append((s.server_noise, s.server_standardize)) or 1.0)
+    centralised(FederatedConfig(server_noise=0.5, server_standardize=True))
+    assert seen == [(0.0, False)]  # real images: the baseline trains without the summaries' treatment
 
 
 @pytest.mark.parametrize("ratio", [-1.0, 0.5])

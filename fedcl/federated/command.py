@@ -193,12 +193,13 @@ def simulate(cfg: FederatedConfig, strategy: str) -> dict[str, Any]:
 
 def centralised(cfg: FederatedConfig) -> dict[str, Any]:
     """The same model trained on all the training data (the bar the summaries aim at; real images,
-    so without ``server_noise``, which is meant for noisy DP summaries)."""
+    so without ``server_noise`` and ``server_standardize``, which are meant for DP summaries)."""
     import dataclasses
 
     from fedcl.federated.task import TaskSettings, load_data, make_model, train_global
 
-    s = dataclasses.replace(TaskSettings.from_record(run_config(cfg, "oneshot")), server_noise=0.0)
+    s = dataclasses.replace(TaskSettings.from_record(run_config(cfg, "oneshot")), server_noise=0.0,
+                            server_standardize=False)
     data = load_data(s.dataset, s.data_root)
     t0 = time.perf_counter()
     model = make_model(s, data, seed=cfg.seed)

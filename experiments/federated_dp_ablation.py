@@ -80,6 +80,15 @@ def settings(seed: int, root: str, overrides: list[str], **base: object) -> Task
     return TaskSettings(**kw)
 
 
+def add_cache_args(p: argparse.ArgumentParser) -> None:
+    """The options every script on this cache shares: ``--seed``, ``--root``, ``--tag``, ``--cache``, ``--out``."""
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--root", default="../shared/data")
+    p.add_argument("--tag", default="base")
+    p.add_argument("--cache", default="/tmp/fedcl_dp_ablation")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "federated_dp_ablation.jsonl"))
+
+
 def cache_file(cache: str, tag: str, seed: int) -> Path:
     """Where the union of the clients' summaries of ``tag`` and ``seed`` is cached under ``cache``."""
     return Path(cache) / f"{tag}_seed{seed}.pt"
@@ -212,8 +221,7 @@ def server_run(s: TaskSettings, blob: dict[str, torch.Tensor], mode: str, offset
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--root", default="../shared/data")
+    add_cache_args(p)
     p.add_argument("--set", nargs="*", default=[], help="TaskSettings overrides, snake_case key=value")
     p.add_argument("--server", nargs="*", default=["plain"])
     p.add_argument("--server-set", nargs="*", default=[],
@@ -221,9 +229,6 @@ def main() -> None:
     p.add_argument("--init-scale", type=float, default=1.0)
     p.add_argument("--noise-multiplier", type=float, default=None,
                    help="the clients' noise multiplier instead of calibrating to epsilon (0: no noise, not private)")
-    p.add_argument("--tag", default="base")
-    p.add_argument("--cache", default="/tmp/fedcl_dp_ablation")
-    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "federated_dp_ablation.jsonl"))
     args = p.parse_args()
     torch.set_num_threads(1)
     s = settings(args.seed, args.root, args.set)

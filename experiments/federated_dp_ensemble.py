@@ -16,22 +16,17 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
-from federated_dp_ablation import cache_file, settings
+from federated_dp_ablation import add_cache_args, cache_file, settings
 
 from fedcl.federated.task import load_data, make_model, train_global
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--root", default="../shared/data")
+    add_cache_args(p)
     p.add_argument("--models", type=int, default=4)
-    p.add_argument("--tag", default="base")
-    p.add_argument("--cache", default="/tmp/fedcl_dp_ablation")
-    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "federated_dp_ablation.jsonl"))
     args = p.parse_args()
     torch.set_num_threads(1)
     cache = cache_file(args.cache, args.tag, args.seed)

@@ -210,7 +210,7 @@ def test_server_noise_reaches_every_training_batch_and_not_the_centralised_basel
     assert TaskSettings.from_record(run_config(FederatedConfig(server_noise=0.5), "oneshot")).server_noise == 0.5
     with pytest.raises(ConfigError, match="server_noise"):
         _validate(FederatedConfig(server_noise=-1.0))
-    seen: list[float] = []
+    seen: list[tuple[float, bool]] = []
     monkeypatch.setattr(task, "train_global",
                         lambda s, *a, **k: seen.append((s.server_noise, s.server_standardize)) or 1.0)
     centralised(FederatedConfig(server_noise=0.5, server_standardize=True))

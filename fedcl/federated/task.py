@@ -301,9 +301,9 @@ def train_global(s: TaskSettings, model: nn.Module, images: torch.Tensor, labels
         xb = aug.random(xb, gen) if aug else xb
         return xb + noise * torch.randn(xb.shape, generator=gen).to(xb.device) if noise > 0 else xb
 
-    if len(images) and s.server_standardize:
-        images = standardize_images(images)
     if len(images):
+        if s.server_standardize:
+            images = standardize_images(images)
         weight = balanced_class_weights(labels, data.num_classes) if s.server_balance else None
         train_model(model, images, labels, epochs=epochs, lr=s.lr, batch_size=256,
                     augment=augment if aug or noise > 0 else None, generator=gen, device=s.device,

@@ -18,7 +18,8 @@ Augment = Callable[[torch.Tensor], torch.Tensor]
 def train_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float = 0.01,
                 momentum: float = 0.9, weight_decay: float = 5e-4, batch_size: int = 256,
                 augment: Augment | None = None, lr_decay: bool = True, generator: torch.Generator | None = None,
-                device: torch.device | str | None = None, class_weight: torch.Tensor | None = None) -> nn.Module:
+                device: torch.device | str | None = None, class_weight: torch.Tensor | None = None,
+                teacher: Augment | None = None) -> nn.Module:
     """Train ``model`` in place with SGD on in-memory tensors.
 
     Follows the DC/DSA/DM evaluation protocol by default: SGD with momentum 0.9 and
@@ -34,6 +35,9 @@ def train_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
         generator: drives the shuffling.
         device: where to train; defaults to the model's device.
         class_weight: a weight per class for the cross-entropy (``F.cross_entropy``'s ``weight``), or None.
+        teacher: knowledge distillation: a function from each (augmented) minibatch to class
+            probabilities ``(B, num_classes)`` that replace ``labels`` as the cross-entropy's
+            target (called without gradients), or None.
 
     Returns:
         The trained model (the same object).
@@ -54,7 +58,12 @@ def train_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
             xb = x[idx]
             if augment is not None:
                 xb = augment(xb)
-            loss = F.cross_entropy(model(xb), y[idx], weight=weight)
+            if teacher is not None:
+                with torch.no_grad():
+                    target = teacher(xb)
+            else:
+                target = y[idx]
+            loss = F.cross_entropy(model(xb), target, weight=weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -29,6 +29,10 @@ summaries is cached under ``--cache``, and the server's training is tried severa
 - ``MODE+lsA``: MODE with label smoothing ``A`` (soft targets ``(1 - A) one_hot + A / K``);
 - ``MODE+selR``: MODE on the summaries that ``fedcl.federated.select.select_summaries`` keeps at
   ``max_ratio=R`` (per class, the clients whose images are at most R times as rough as the smoothest);
+- ``kdK/MODE``: MODE with the app's ``server_teachers=K`` (``fedcl.federated.task.train_teachers``):
+  K models trained with MODE on their own seeds, then MODE's own draw trained on the mean of their
+  softmaxes for each augmented batch (knowledge distillation of the ensemble into one model); the
+  record holds the teachers' and the ensemble's accuracy too;
 
 ``MODE#k`` trains with seed offset ``k`` (another draw of the server's training randomness).
 ``--init-scale`` multiplies the DP engine's noise initialisation. One JSON line per server run
@@ -56,10 +60,12 @@ from fedcl.federated.task import (
     load_data,
     load_partition,
     make_model,
+    mean_softmax,
     standardize_images,
     train_global,
+    train_teachers,
 )
-from fedcl.train import class_accuracy, predict
+from fedcl.train import accuracy, class_accuracy, predict
 
 BASE = dict(dataset="mnist", partition="dirichlet", alpha=0.1, ipc=10, width=32, iterations=200, batch_real=64,
             dp_lr_img=100.0, dp_min_class_images=100, server_epochs=1000, epsilon=1.0, delta=1e-5, max_grad_norm=1.0,
@@ -169,6 +175,10 @@ def server_run(s: TaskSettings, blob: dict[str, torch.Tensor], mode: str, offset
     size = counts[owner, y].double()  # the owning client's class size, per summary image
     largest = torch.zeros(data.num_classes, dtype=torch.float64).scatter_reduce_(0, y, size, "amax", include_self=False)
     reps = torch.ones(len(y), dtype=torch.long)
+    kd = 0
+    if mode.startswith("kd"):  # kdK/MODE: K teachers trained with MODE, then a student on their mean softmax
+        k, _, mode = mode[len("kd"):].partition("/")
+        kd = int(k)
     mode, _, smooth = mode.partition("+ls")  # MODE+lsA: label smoothing A (soft targets)
     base, _, select = mode.partition("+sel")
     if base.startswith("blur"):  # a low-pass filter on every summary image (post-processing), then the rest
@@ -209,14 +219,26 @@ def server_run(s: TaskSettings, blob: dict[str, torch.Tensor], mode: str, offset
         a = float(smooth)
         yi = torch.nn.functional.one_hot(yi, data.num_classes).float() * (1 - a) + a / data.num_classes
     t0 = time.perf_counter()
+    extra: dict[str, object] = {}
+    teacher = None
+    if kd:  # the app's server_teachers=K, with the teachers kept here to measure them
+        with _after_dsa(post):
+            teachers = train_teachers(dataclasses.replace(s, server_teachers=kd), xi, yi, data,
+                                      epochs=s.server_epochs, seed=s.seed + 1 + offset)
+        teacher = mean_softmax(teachers)
+        with torch.no_grad():
+            ens = torch.cat([teacher(data.test_images[i:i + 1000]).argmax(1)
+                             for i in range(0, len(data.test_images), 1000)])
+        extra = {"teachers": [accuracy(m, data.test_images, data.test_labels) for m in teachers],
+                 "ensemble": float((ens == data.test_labels).double().mean())}
     model = make_model(s, data, seed=s.seed)
     with _after_dsa(post):
-        acc = train_global(s, model, xi, yi, data, epochs=s.server_epochs, seed=s.seed + 1 + offset)
+        acc = train_global(s, model, xi, yi, data, epochs=s.server_epochs, seed=s.seed + 1 + offset, teacher=teacher)
     per_class = class_accuracy(predict(model, data.test_images), data.test_labels, data.num_classes)
-    label = mode + (f"+ls{smooth}" if smooth else "")
+    label = (f"kd{kd}/" if kd else "") + mode + (f"+ls{smooth}" if smooth else "")
     return {"seed": s.seed, "server": label, "train_seed": s.seed + 1 + offset, "accuracy": acc,
             "class_accuracy": [round(a, 3) for a in per_class], "images": int(len(yi)),
-            "seconds": round(time.perf_counter() - t0)}
+            "seconds": round(time.perf_counter() - t0), **extra}
 
 
 def main() -> None:

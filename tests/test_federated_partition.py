@@ -210,11 +210,11 @@ def test_server_noise_reaches_every_training_batch_and_not_the_centralised_basel
     assert TaskSettings.from_record(run_config(FederatedConfig(server_noise=0.5), "oneshot")).server_noise == 0.5
     with pytest.raises(ConfigError, match="server_noise"):
         _validate(FederatedConfig(server_noise=-1.0))
-    seen: list[tuple[float, bool]] = []
+    seen: list[tuple[float, bool, int]] = []
     monkeypatch.setattr(task, "train_global",
-                        lambda s, *a, **k: seen.append((s.server_noise, s.server_standardize)) or 1.0)
-    centralised(FederatedConfig(server_noise=0.5, server_standardize=True))
-    assert seen == [(0.0, False)]  # real images: the baseline trains without the summaries' treatment
+                        lambda s, *a, **k: seen.append((s.server_noise, s.server_standardize, s.server_teachers)) or 1.0)
+    centralised(FederatedConfig(server_noise=0.5, server_standardize=True, server_teachers=2))
+    assert seen == [(0.0, False, 0)]  # real images: the baseline trains without the summaries' treatment
 
 
 @pytest.mark.parametrize("ratio", [-1.0, 0.5])
@@ -294,3 +294,39 @@ def test_server_standardize_makes_server_training_blind_to_each_summary_images_s
     assert agree[True] > 0.99 and agree[False] < 0.95  # without: absolute noise meets each image's own scale
     record = run_config(FederatedConfig(server_standardize=True), "oneshot")
     assert TaskSettings.from_record(record).server_standardize
+
+
+def test_server_teachers_distils_the_global_model_from_models_trained_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    import torch
+
+    import fedcl.federated.task as task
+    from fedcl.data import load_dataset
+    from fedcl.federated.command import FederatedConfig, _validate, run_config
+    from fedcl.federated.task import TaskSettings, make_model, mean_softmax, train_global
+
+    data = load_dataset("digits")
+    x, y = data.train_images[:300], data.train_labels[:300]
+    s = TaskSettings(width=8, lr=0.1, server_teachers=2)
+    calls: list[tuple[int, bool]] = []
+    stock = task.train_model
+
+    def recording(model: torch.nn.Module, *a: object, teacher: object = None, **k: object) -> torch.nn.Module:
+        calls.append((id(model), teacher is not None))
+        return stock(model, *a, teacher=teacher, **k)
+
+    monkeypatch.setattr(task, "train_model", recording)
+    student = make_model(s, data, seed=0)
+    acc = train_global(s, student, x, y, data, epochs=20, seed=1, dsa=False)
+    # two teachers trained on the labels (models of their own), then the student on their mean softmax
+    assert [t for _, t in calls] == [False, False, True] and calls[2][0] == id(student)
+    assert len({m for m, _ in calls}) == 3 and acc > 0.7
+    teachers = task.train_teachers(dataclasses.replace(s, server_teachers=2), x, y, data, epochs=1, seed=1, dsa=False)
+    probs = mean_softmax(teachers)(x[:5])
+    expected = (torch.softmax(teachers[0](x[:5]), 1) + torch.softmax(teachers[1](x[:5]), 1)) / 2
+    assert torch.allclose(probs, expected) and torch.allclose(probs.sum(1), torch.ones(5))
+    assert not torch.equal(teachers[0](x[:5]), teachers[1](x[:5]))  # seeded apart
+    assert TaskSettings.from_record(run_config(FederatedConfig(server_teachers=3), "oneshot")).server_teachers == 3
+    with pytest.raises(ConfigError, match="server_teachers"):
+        _validate(FederatedConfig(server_teachers=-1))

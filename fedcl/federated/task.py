@@ -24,8 +24,8 @@ from fedcl.distill.augment import DSA, default_strategy
 from fedcl.models import create_model
 from fedcl.train import accuracy, train_model
 
-__all__ = ["TaskSettings", "client_seed", "distill_partition", "load_data", "load_partition", "make_model", "perturbed_network_fn",
-           "standardize_images", "train_global", "train_local"]
+__all__ = ["TaskSettings", "client_seed", "distill_partition", "load_data", "load_partition", "make_model", "mean_softmax",
+           "perturbed_network_fn", "standardize_images", "train_global", "train_local", "train_teachers"]
 
 
 @dataclass
@@ -70,6 +70,13 @@ class TaskSettings:
             epsilon grows. ``server_noise`` is in absolute units, so without this its weight on each
             image follows that by-product (see experiments/results/federated.md, fourteenth session).
             Post-processing of released images: no privacy cost.
+        server_teachers: if > 0, the server first trains this many models on the summaries (each
+            from its own initialisation and training seed, with everything above), then trains the
+            global model on the mean of their softmax outputs for each augmented batch instead of
+            the labels: ensemble distillation (as FedDF, Lin et al. 2020, with the summaries as the
+            transfer set), so that one model gets most of an ensemble's accuracy. Costs
+            ``server_teachers + 1`` trainings on the server; post-processing of released images: no
+            privacy cost.
         local_epochs, lr, batch_size: FedAvg local training (and server training lr).
         rho: FedDM perturbation of the global model (relative std of the noise).
         epsilon, delta: DP per client (epsilon 0 means no DP).
@@ -103,6 +110,7 @@ class TaskSettings:
     server_select: float = 0.0
     server_balance: bool = False
     server_standardize: bool = False
+    server_teachers: int = 0
     local_epochs: int = 1
     lr: float = 0.01
     batch_size: int = 64
@@ -289,9 +297,17 @@ def balanced_class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tens
 
 
 def train_global(s: TaskSettings, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, data: ImageData,
-                 *, epochs: int, seed: int, dsa: bool = True) -> float:
+                 *, epochs: int, seed: int, dsa: bool = True,
+                 teacher: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
     """Train ``model`` in place on ``images`` (standardised with ``server_standardize``; with DSA, the
-    evaluation protocol, then ``server_noise``); return test accuracy."""
+    evaluation protocol, then ``server_noise``); return test accuracy.
+
+    ``teacher``: class probabilities for each augmented batch, the targets instead of ``labels``
+    (``fedcl.train.train_model``). Without one, ``server_teachers`` > 0 makes it the mean softmax of
+    that many models trained here first (:func:`train_teachers`, :func:`mean_softmax`).
+    """
+    if teacher is None and s.server_teachers > 0 and len(images):
+        teacher = mean_softmax(train_teachers(s, images, labels, data, epochs=epochs, seed=seed, dsa=dsa))
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     aug = DSA(default_strategy(data.name)) if dsa else None
@@ -307,8 +323,30 @@ def train_global(s: TaskSettings, model: nn.Module, images: torch.Tensor, labels
         weight = balanced_class_weights(labels, data.num_classes) if s.server_balance else None
         train_model(model, images, labels, epochs=epochs, lr=s.lr, batch_size=256,
                     augment=augment if aug or noise > 0 else None, generator=gen, device=s.device,
-                    class_weight=weight)
+                    class_weight=weight, teacher=teacher)
     return accuracy(model, data.test_images, data.test_labels, device=s.device)
+
+
+def train_teachers(s: TaskSettings, images: torch.Tensor, labels: torch.Tensor, data: ImageData, *, epochs: int,
+                   seed: int, dsa: bool = True) -> list[nn.Module]:
+    """``s.server_teachers`` fresh models, the ``j``-th (from 1) initialised and trained by
+    :func:`train_global` (without teachers) with seed ``seed + 1000 j``; in eval mode."""
+    plain = dataclasses.replace(s, server_teachers=0)
+    teachers = []
+    for j in range(1, s.server_teachers + 1):
+        net = make_model(s, data, seed=seed + 1000 * j)
+        train_global(plain, net, images, labels, data, epochs=epochs, seed=seed + 1000 * j, dsa=dsa)
+        teachers.append(net.eval())
+    return teachers
+
+
+def mean_softmax(models: Sequence[nn.Module]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A batch's class probabilities averaged over ``models`` (an ensemble, as a distillation target)."""
+
+    def fn(xb: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.softmax(m(xb), 1) for m in models]).mean(0)
+
+    return fn
 
 
 def train_local(s: TaskSettings, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, seed: int) -> float:

@@ -19,7 +19,7 @@ def train_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
                 momentum: float = 0.9, weight_decay: float = 5e-4, batch_size: int = 256,
                 augment: Augment | None = None, lr_decay: bool = True, generator: torch.Generator | None = None,
                 device: torch.device | str | None = None, class_weight: torch.Tensor | None = None,
-                teacher: Augment | None = None) -> nn.Module:
+                teacher: Callable[[torch.Tensor], torch.Tensor] | None = None) -> nn.Module:
     """Train ``model`` in place with SGD on in-memory tensors.
 
     Follows the DC/DSA/DM evaluation protocol by default: SGD with momentum 0.9 and

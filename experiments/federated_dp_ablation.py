@@ -52,6 +52,7 @@ from pathlib import Path
 
 import torch
 
+from fedcl.data import ImageData
 from fedcl.federated.select import select_summaries
 from fedcl.federated.task import (
     TaskSettings,
@@ -123,6 +124,16 @@ def summaries(s: TaskSettings, num_clients: int, noise_multiplier: float | None 
     return {"x": torch.cat(xs), "y": torch.cat(ys), "owner": torch.cat(owners), "counts": torch.stack(counts)}
 
 
+def cached_summaries(cache: Path, s: TaskSettings, noise_multiplier: float | None = None) -> dict[str, torch.Tensor]:
+    """:func:`summaries` of 10 clients, loaded from ``cache`` (``weights_only``) or made and saved there."""
+    if cache.exists():
+        return torch.load(cache, weights_only=True)
+    blob = summaries(s, 10, noise_multiplier)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(blob, cache)
+    return blob
+
+
 def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Gaussian blur of std ``sigma`` pixels (a kernel ``2 * floor(2 sigma) + 1`` wide, reflected borders)."""
     from torchvision.transforms.v2.functional import gaussian_blur
@@ -167,6 +178,16 @@ def _random_blur(x: torch.Tensor, gen: torch.Generator, top: float) -> torch.Ten
 def _relative_noise(x: torch.Tensor, gen: torch.Generator, factor: float) -> torch.Tensor:
     std = x.flatten(1).std(1).view(-1, *([1] * (x.dim() - 1)))
     return x + factor * std * torch.randn(x.shape, generator=gen)
+
+
+def teacher_record(teachers: list[torch.nn.Module], data: ImageData) -> dict[str, object]:
+    """The test accuracy of each of ``teachers`` and of their ensemble (mean softmax), for a JSON record."""
+    ensemble = mean_softmax(teachers)
+    with torch.no_grad():
+        pred = torch.cat([ensemble(data.test_images[i:i + 1000]).argmax(1)
+                          for i in range(0, len(data.test_images), 1000)])
+    return {"teachers": [accuracy(m, data.test_images, data.test_labels) for m in teachers],
+            "ensemble": float((pred == data.test_labels).double().mean())}
 
 
 def server_run(s: TaskSettings, blob: dict[str, torch.Tensor], mode: str, offset: int) -> dict[str, object]:
@@ -226,11 +247,7 @@ def server_run(s: TaskSettings, blob: dict[str, torch.Tensor], mode: str, offset
             teachers = train_teachers(dataclasses.replace(s, server_teachers=kd), xi, yi, data,
                                       epochs=s.server_epochs, seed=s.seed + 1 + offset)
         teacher = mean_softmax(teachers)
-        with torch.no_grad():
-            ens = torch.cat([teacher(data.test_images[i:i + 1000]).argmax(1)
-                             for i in range(0, len(data.test_images), 1000)])
-        extra = {"teachers": [accuracy(m, data.test_images, data.test_labels) for m in teachers],
-                 "ensemble": float((ens == data.test_labels).double().mean())}
+        extra = teacher_record(teachers, data)
     model = make_model(s, data, seed=s.seed)
     with _after_dsa(post):
         acc = train_global(s, model, xi, yi, data, epochs=s.server_epochs, seed=s.seed + 1 + offset, teacher=teacher)
@@ -264,13 +281,7 @@ def main() -> None:
             return mech, syn * args.init_scale, group, expected
 
         engines._setup = scaled
-    cache = cache_file(args.cache, args.tag, args.seed)
-    if cache.exists():
-        blob = torch.load(cache, weights_only=True)
-    else:
-        blob = summaries(s, 10, args.noise_multiplier)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(blob, cache)
+    blob = cached_summaries(cache_file(args.cache, args.tag, args.seed), s, args.noise_multiplier)
     server = dataclasses.replace(s, **{k: _value(k, t) for k, _, t in (i.partition("=") for i in args.server_set)})
     for spec in args.server:
         mode, _, offset = spec.partition("#")

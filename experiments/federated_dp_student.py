@@ -51,8 +51,8 @@ def teachers_for(s: TaskSettings, x: torch.Tensor, y: torch.Tensor, data: ImageD
     if path.exists():
         states = torch.load(path, weights_only=True)
         nets = []
-        for j, state in enumerate(states, start=1):
-            net = make_model(s, data, seed=s.seed + 1 + 1000 * j)
+        for state in states:  # the initialisation is overwritten by the cached weights
+            net = make_model(s, data, seed=0)
             net.load_state_dict(state)
             nets.append(net.eval())
         return nets
@@ -100,9 +100,8 @@ def student(s: TaskSettings, x: torch.Tensor, y: torch.Tensor, data: ImageData, 
             raise SystemExit(f"unknown student spec {part!r}")
     model = make_model(s, data, seed=s.seed)
     seed = s.seed + 1
-    teach = mean_softmax(nets)
+    teach = tempered(nets, temp) if temp != 1.0 else mean_softmax(nets)
     if temp != 1.0:
-        teach = tempered(nets, temp)
         model = Tempered(model, temp)
     if not mix and not clean:  # the app's own path
         return train_global(s, model, x, y, data, epochs=epochs, seed=seed, teacher=teach), model

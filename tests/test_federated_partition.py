@@ -133,7 +133,7 @@ def test_run_config_carries_the_privacy_block_and_matches_the_app_defaults() -> 
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     priv = PrivacyConfig(epsilon=2.0, delta=1e-6, max_grad_norm=0.5, accountant="prv", pool=True, replay=2,
                          clamp=True, center=False, downsample=2, subspace=16, subspace_below=300, public="digits",
-                         public_fill=0.75)
+                         public_fill=0.75, schedule="cosine")
     rc = run_config(FederatedConfig(privacy=priv, strategies=["oneshot"]), "oneshot")
     app = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     task_keys = {k for k in TaskSettings().to_record() if k != "data-root"}
@@ -149,6 +149,7 @@ def test_run_config_carries_the_privacy_block_and_matches_the_app_defaults() -> 
     assert (got.pool, got.replay, got.clamp, got.center, got.normalize) == (True, 2, True, False, True)
     assert (got.downsample, got.subspace, got.subspace_below, got.public, got.public_fill) == \
         (2, 16, 300, "digits", 0.75)
+    assert got.schedule == "cosine"
     assert ledger.epsilon == 2.0 and ledger.accountant == "prv"  # the ledger composes with the release's accountant
 
 

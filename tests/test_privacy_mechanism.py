@@ -170,6 +170,7 @@ def test_batchnorm_is_converted_and_reported(digits):
     (PrivacyConfig(epsilon=1.0, public="digits"), "subspace > 0"),
     (PrivacyConfig(epsilon=1.0, subspace=4, public="no-such-set"), "not a registered dataset"),
     (PrivacyConfig(epsilon=1.0, subspace=4, public="digits", public_fill=0.0), "public_fill"),
+    (PrivacyConfig(epsilon=1.0, schedule="step"), "schedule"),
 ])
 def test_bad_privacy_blocks_are_refused(cfg, match):
     with pytest.raises(PrivacyError, match=match):
@@ -282,6 +283,23 @@ def test_downsampled_dp_images_are_smoother(digits):
     assert torch.allclose(up @ torch.linalg.lstsq(up, flat).solution, flat, atol=1e-3 * flat.abs().max())
     full = out["full"].view(20, 64).T
     assert not torch.allclose(up @ torch.linalg.lstsq(up, full).solution, full, atol=1e-3 * full.abs().max())
+
+
+def test_cosine_schedule_settles_the_images(digits):
+    # the same private steps, two schedules: with cosine the last updates barely move the images
+    x, y = digits.train_images[:600], digits.train_labels[:600]
+    moves, final = {}, {}
+    for schedule in ("constant", "cosine"):
+        seen: list[torch.Tensor] = []
+        dist = create_distiller("dm", iterations=4, batch_real=16, lr_img=100.0, seed=1, **TINY)
+        syn = dist.distill(x, y, 2, callback=lambda it, s, seen=seen: seen.append(s.images.clone()),
+                           privacy=PrivacyConfig(epsilon=1.0, delta=1e-4, replay=2, schedule=schedule))
+        assert syn.meta["privacy"]["steps"] == 4 and len(seen) == 12  # post-processing: the release is the same
+        moves[schedule] = [float((b - a).norm()) for a, b in zip(seen, seen[1:])]
+        final[schedule] = syn.images
+    assert moves["constant"][0] == pytest.approx(moves["cosine"][0], rel=0.05)  # both start at lr_img
+    assert moves["cosine"][-1] < 0.1 * moves["constant"][-1]
+    assert not torch.allclose(final["constant"], final["cosine"])
 
 
 def test_downsample_needs_images():

@@ -169,7 +169,7 @@ def run_config(cfg: FederatedConfig, strategy: str) -> dict[str, Any]:
         "dp-replay": int(cfg.privacy.replay), "dp-clamp": bool(cfg.privacy.clamp),
         "dp-downsample": int(cfg.privacy.downsample), "dp-subspace": int(cfg.privacy.subspace),
         "dp-subspace-below": int(cfg.privacy.subspace_below), "dp-public": str(cfg.privacy.public),
-        "dp-public-fill": float(cfg.privacy.public_fill),
+        "dp-public-fill": float(cfg.privacy.public_fill), "dp-schedule": str(cfg.privacy.schedule),
         "secure-mode": bool(cfg.privacy.secure_mode), "client-threads": cfg.threads, "server-threads": cfg.threads,
     }
 

@@ -81,8 +81,8 @@ class TaskSettings:
         rho: FedDM perturbation of the global model (relative std of the noise).
         epsilon, delta: DP per client (epsilon 0 means no DP).
         max_grad_norm, accountant, secure_mode, dp_normalize, dp_center, dp_pool, dp_replay, dp_clamp,
-            dp_downsample, dp_subspace, dp_subspace_below, dp_public, dp_public_fill: the rest of the client's DP block
-            (:class:`fedcl.privacy.PrivacyConfig`'s fields).
+            dp_downsample, dp_subspace, dp_subspace_below, dp_public, dp_public_fill, dp_schedule: the rest of
+            the client's DP block (:class:`fedcl.privacy.PrivacyConfig`'s fields).
         device: ``auto``, ``cpu``, ``cuda``.
         fault: test hook, ``"PID:KIND,..."`` makes partition PID send a bad summary
             (KIND: ``nan``, ``shape``, ``labels``, ``oversize``, ``dtype``).
@@ -129,6 +129,7 @@ class TaskSettings:
     dp_subspace_below: int = 0
     dp_public: str = ""
     dp_public_fill: float = 1.0
+    dp_schedule: str = "constant"
     secure_mode: bool = False
     device: str = "cpu"
     fault: str = ""
@@ -162,7 +163,7 @@ class TaskSettings:
                              pool=self.dp_pool, replay=self.dp_replay, clamp=self.dp_clamp,
                              downsample=self.dp_downsample, subspace=self.dp_subspace,
                              subspace_below=self.dp_subspace_below, public=self.dp_public,
-                             public_fill=self.dp_public_fill,
+                             public_fill=self.dp_public_fill, schedule=self.dp_schedule,
                              secure_mode=self.secure_mode)
 
     def faults(self) -> dict[int, str]:

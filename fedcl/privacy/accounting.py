@@ -32,7 +32,7 @@ from opacus.accountants import IAccountant, create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 
 from fedcl.errors import PrivacyError
-from fedcl.privacy.config import PrivacyConfig
+from fedcl.privacy.config import SCHEDULES, PrivacyConfig
 
 __all__ = ["ACCOUNTANTS", "DPParams", "calibrate_noise", "compute_epsilon", "make_accountant", "resolve_privacy",
            "validate_privacy"]
@@ -181,6 +181,8 @@ def validate_privacy(privacy: PrivacyConfig, num_examples: int | None = None) ->
                                f"known: {', '.join(list_datasets())}")
     if not 0.0 < float(privacy.public_fill) <= 1.0:
         raise PrivacyError(f"privacy.public_fill must be in (0, 1], got {privacy.public_fill}")
+    if privacy.schedule not in SCHEDULES:
+        raise PrivacyError(f"unknown privacy.schedule {privacy.schedule!r}; valid: {', '.join(SCHEDULES)}")
 
 
 def resolve_privacy(privacy: PrivacyConfig, *, sample_rate: float, steps: int,

@@ -14,6 +14,7 @@ is touched, e.g. for a :class:`~fedcl.privacy.ledger.PrivacyLedger` check),
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from fedcl.distill.augment import DSA, default_strategy
 from fedcl.errors import PrivacyError
 from fedcl.privacy.accounting import DPParams, resolve_privacy
-from fedcl.privacy.config import PrivacyConfig
+from fedcl.privacy.config import SCHEDULES, PrivacyConfig
 from fedcl.privacy.mechanism import GaussianMechanism, bound_rows, private_network
 from fedcl.utils import progress
 
@@ -147,6 +148,20 @@ def _parameterise(syn: torch.Tensor, factor: int) -> tuple[Callable[[torch.Tenso
     return render, param
 
 
+def _image_schedule(opt: torch.optim.Optimizer, name: str, total: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """``privacy.schedule``'s learning rate of the images over the ``total`` updates (private and replay).
+
+    ``constant``: the engine's ``lr_img`` throughout. ``cosine``: from ``lr_img`` down to 0 along half
+    a cosine, so that the last updates, each fitted to one noisy target, barely move the images and
+    they settle where the average of all targets puts them.
+    """
+    if name == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1.0 + math.cos(math.pi * t / total)))
+    if name == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0)
+    raise PrivacyError(f"unknown privacy.schedule {name!r}; valid: {', '.join(SCHEDULES)}")
+
+
 def distill_dm_private(engine: Distiller, real: ClassData, syn: torch.Tensor, syn_labels: torch.Tensor,
                        classes: list[int], gen: torch.Generator, privacy: PrivacyConfig,
                        callback: Callback | None) -> torch.Tensor:
@@ -172,6 +187,8 @@ def distill_dm_private(engine: Distiller, real: ClassData, syn: torch.Tensor, sy
     render, param = _parameterise(syn.detach(), int(privacy.downsample))
     param.requires_grad_(True)
     opt = torch.optim.SGD([param], lr=engine.lr_img, momentum=engine.momentum)
+    total = engine.iterations * (1 + replay)
+    sched = _image_schedule(opt, str(privacy.schedule), total)
     syn_group = group[syn_labels.cpu()]
     dev_group = group.to(real.device)
     subspace, below = int(privacy.subspace), int(privacy.subspace_below)
@@ -201,7 +218,6 @@ def distill_dm_private(engine: Distiller, real: ClassData, syn: torch.Tensor, sy
             with torch.no_grad():
                 param.copy_(torch.maximum(torch.minimum(param, box[1]), box[0]))
 
-    total = engine.iterations * (1 + replay)
     for it in progress(range(total), desc=f"dp-dm {engine._meta.get('dataset', '')}", enabled=engine.progress):
         if it < engine.iterations:  # a private step: the only place real data is read
             net = private_network(engine.make_network(in_shape, num_classes), warn=it == 0)
@@ -240,6 +256,7 @@ def distill_dm_private(engine: Distiller, real: ClassData, syn: torch.Tensor, sy
                 order = torch.randperm(engine.iterations, generator=gen).tolist()
             net, params, target, ref, proj = released[order[k]]
         update(net, params, target, ref, proj)
+        sched.step()
         if callback is not None:
             with torch.no_grad():
                 callback(it + 1, engine.wrap(render(param), syn_labels, num_classes))

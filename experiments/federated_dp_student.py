@@ -19,6 +19,7 @@ student, the model the server keeps, is trained from them several ways:
   student's own);
 - ``clean``: the teachers label the batch before the server's noise is added (the student sees it
   with the noise);
+- ``decayF``: the app's ``server_noise_decay=F`` for the student (the cached teachers keep theirs);
 - specs combine with ``+`` (``mix1.0+ep6000``).
 
 One JSON line per student goes to ``--out`` (accuracy, accuracy per class, the teachers' accuracy
@@ -96,6 +97,8 @@ def student(s: TaskSettings, x: torch.Tensor, y: torch.Tensor, data: ImageData, 
             temp = float(part[1:])
         elif part == "clean":
             clean = True
+        elif part.startswith("decay"):
+            s = dataclasses.replace(s, server_noise_decay=float(part[len("decay"):]))
         elif part != "plain":
             raise SystemExit(f"unknown student spec {part!r}")
     model = make_model(s, data, seed=s.seed)
@@ -122,7 +125,7 @@ def student(s: TaskSettings, x: torch.Tensor, y: torch.Tensor, data: ImageData, 
     def target(xb: torch.Tensor) -> torch.Tensor:
         return teach(last["clean"] if clean else xb)
 
-    train_model(model, x, y, epochs=epochs, lr=s.lr, batch_size=256, augment=augment, generator=gen,
+    train_model(model, x, y, epochs=epochs, lr=s.server_lr, batch_size=256, augment=augment, generator=gen,
                 device=s.device, teacher=target)
     return accuracy(model, data.test_images, data.test_labels, device=s.device), model
 

@@ -202,7 +202,7 @@ def test_server_noise_reaches_every_training_batch_and_not_the_centralised_basel
     from fedcl.federated.task import TaskSettings, make_model, train_global
 
     data = load_dataset("digits")
-    s = TaskSettings(width=8, lr=0.1)
+    s = TaskSettings(width=8, server_lr=0.1)
     x, y = data.train_images[:300], data.train_labels[:300]
     clean = train_global(s, make_model(s, data, seed=0), x, y, data, epochs=30, seed=1, dsa=False)
     drowned = train_global(dataclasses.replace(s, server_noise=100.0), make_model(s, data, seed=0), x, y, data,
@@ -211,11 +211,65 @@ def test_server_noise_reaches_every_training_batch_and_not_the_centralised_basel
     assert TaskSettings.from_record(run_config(FederatedConfig(server_noise=0.5), "oneshot")).server_noise == 0.5
     with pytest.raises(ConfigError, match="server_noise"):
         _validate(FederatedConfig(server_noise=-1.0))
-    seen: list[tuple[float, bool, int]] = []
-    monkeypatch.setattr(task, "train_global",
-                        lambda s, *a, **k: seen.append((s.server_noise, s.server_standardize, s.server_teachers)) or 1.0)
-    centralised(FederatedConfig(server_noise=0.5, server_standardize=True, server_teachers=2))
-    assert seen == [(0.0, False, 0)]  # real images: the baseline trains without the summaries' treatment
+    seen: list[tuple[float, bool, int, float]] = []
+    monkeypatch.setattr(task, "train_global", lambda s, *a, **k: seen.append(
+        (s.server_noise, s.server_standardize, s.server_teachers, s.server_lr)) or 1.0)
+    centralised(FederatedConfig(server_noise=0.5, server_standardize=True, server_teachers=2, server_lr=0.05, lr=0.02))
+    assert seen == [(0.0, False, 0, 0.02)]  # real images: the baseline trains without the summaries' treatment
+
+
+def test_server_lr_is_the_learning_rate_of_training_on_summaries(monkeypatch: pytest.MonkeyPatch) -> None:
+    import fedcl.federated.task as task
+    from fedcl.data import load_dataset
+    from fedcl.federated.command import FederatedConfig, _validate, run_config
+    from fedcl.federated.task import TaskSettings, make_model, train_global
+
+    data = load_dataset("digits")
+    rates: list[float] = []
+    stock = task.train_model
+    monkeypatch.setattr(task, "train_model", lambda *a, lr, **k: rates.append(lr) or stock(*a, lr=lr, **k))
+    s = TaskSettings(width=8, lr=0.02, server_lr=0.07)
+    train_global(s, make_model(s, data, seed=0), data.train_images[:50], data.train_labels[:50], data, epochs=1,
+                 seed=1, dsa=False)
+    assert rates == [0.07]  # not FedAvg's local lr
+    assert TaskSettings.from_record(run_config(FederatedConfig(server_lr=0.03), "oneshot")).server_lr == 0.03
+    assert TaskSettings().server_lr == FederatedConfig().server_lr == 0.01  # the DC/DM evaluation protocol's
+    for bad in (0.0, -0.1):
+        with pytest.raises(ConfigError, match="server_lr"):
+            _validate(FederatedConfig(server_lr=bad))
+
+
+def test_server_noise_decay_scales_the_noise_where_the_learning_rate_falls(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    import fedcl.federated.task as task
+    from fedcl.data import load_dataset
+    from fedcl.federated.command import FederatedConfig, _validate, run_config
+    from fedcl.federated.task import SERVER_BATCH, TaskSettings, make_model, train_global
+
+    data = load_dataset("digits")
+    n = SERVER_BATCH + 44  # two minibatches per epoch
+    zeros, y = torch.zeros(n, *data.train_images.shape[1:]), data.train_labels[:n]
+    stds: list[float] = []
+    stock = task.train_model
+
+    def recording(*a: object, augment: object, **k: object) -> torch.nn.Module:
+        def noted(xb: torch.Tensor) -> torch.Tensor:
+            out = augment(xb)  # type: ignore[operator]
+            stds.append(float(out.std()))
+            return out
+        return stock(*a, augment=noted, **k)
+
+    monkeypatch.setattr(task, "train_model", recording)
+    for decay in (1.0, 0.25):
+        s = TaskSettings(width=8, server_noise=2.0, server_noise_decay=decay)
+        train_global(s, make_model(s, data, seed=0), zeros, y, data, epochs=5, seed=1, dsa=False)
+    # 5 epochs: train_model divides the lr by 10 from epoch 5 // 2 = 2, i.e. from the fifth minibatch
+    assert stds[:10] == pytest.approx([2.0] * 10, rel=0.05)
+    assert stds[10:] == pytest.approx([2.0] * 4 + [0.5] * 6, rel=0.05)
+    assert TaskSettings.from_record(run_config(FederatedConfig(server_noise_decay=0.5), "oneshot")).server_noise_decay == 0.5
+    with pytest.raises(ConfigError, match="server_noise_decay"):
+        _validate(FederatedConfig(server_noise_decay=-0.5))
 
 
 @pytest.mark.parametrize("ratio", [-1.0, 0.5])
@@ -254,7 +308,7 @@ def test_server_balance_lifts_the_classes_with_few_summary_images() -> None:
     x, y = data.train_images, data.train_labels
     # classes 0-4 with 60 images each, classes 5-9 with 3: the imbalance of a union of summaries, exaggerated
     keep = torch.cat([(y == c).nonzero().flatten()[:60 if c < 5 else 3] for c in range(10)])
-    s = TaskSettings(width=8, lr=0.1)
+    s = TaskSettings(width=8, server_lr=0.1)
     recall = {}
     for balance in (False, True):
         model = make_model(s, data, seed=0)
@@ -283,7 +337,7 @@ def test_server_standardize_makes_server_training_blind_to_each_summary_images_s
     # every image at its own scale and offset, as DP summaries end up: the matching cannot see either
     scale = torch.rand(200, 1, 1, 1, generator=torch.Generator().manual_seed(0)) * 5 + 0.5
     shifted = x * scale + 0.3
-    s = TaskSettings(width=8, lr=0.1, server_noise=1.0)
+    s = TaskSettings(width=8, server_lr=0.1, server_noise=1.0)
     preds = {}
     for standardize in (False, True):
         for name, images in (("raw", x), ("rescaled", shifted)):
@@ -309,7 +363,7 @@ def test_server_teachers_distils_the_global_model_from_models_trained_first(monk
 
     data = load_dataset("digits")
     x, y = data.train_images[:300], data.train_labels[:300]
-    s = TaskSettings(width=8, lr=0.1, server_teachers=2)
+    s = TaskSettings(width=8, server_lr=0.1, server_teachers=2)
     calls: list[tuple[int, bool]] = []
     stock = task.train_model
 

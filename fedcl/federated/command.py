@@ -41,8 +41,9 @@ class FederatedConfig:
     client, so it is generous; a client still busy at the timeout counts as a dropped summary.
     Client distillation (``method``, ``ipc``, ``iterations``, ``batch_real``, ``lr_img``, and
     under DP ``dp_lr_img`` and ``dp_min_class_images``) and the server's training
-    (``server_epochs``, ``server_noise``, ``server_select``, ``server_balance``, ``server_standardize``,
-    ``server_teachers``) are described in :class:`fedcl.federated.task.TaskSettings`.
+    (``server_epochs``, ``server_noise``, ``server_noise_decay``, ``server_select``, ``server_balance``,
+    ``server_standardize``, ``server_teachers``, ``server_lr``) are described in
+    :class:`fedcl.federated.task.TaskSettings`.
     """
 
     dataset: str = "digits"
@@ -65,10 +66,12 @@ class FederatedConfig:
     width: int = 0
     server_epochs: int = 300
     server_noise: float = 0.0
+    server_noise_decay: float = 1.0
     server_select: float = 0.0
     server_balance: bool = False
     server_standardize: bool = False
     server_teachers: int = 0
+    server_lr: float = 0.01
     local_epochs: int = 1
     lr: float = 0.01
     centralised: bool = True
@@ -126,9 +129,14 @@ def _validate(cfg: FederatedConfig) -> None:
         raise ConfigError("privacy.epsilon applies to summaries; drop 'fedavg' from strategies for a DP run")
     if not cfg.server_noise >= 0:
         raise ConfigError(f"server_noise must be >= 0 (a standard deviation), got {cfg.server_noise}")
+    if not cfg.server_noise_decay >= 0:
+        raise ConfigError(f"server_noise_decay must be >= 0 (a factor on server_noise; 1: constant), "
+                          f"got {cfg.server_noise_decay}")
     if cfg.server_teachers < 0:
         raise ConfigError(f"server_teachers must be >= 0 (a number of models; 0: no distillation), "
                           f"got {cfg.server_teachers}")
+    if not cfg.server_lr > 0:
+        raise ConfigError(f"server_lr must be > 0 (a learning rate), got {cfg.server_lr}")
     if cfg.server_select != 0 and not cfg.server_select >= 1:
         raise ConfigError(f"server_select must be 0 (off) or >= 1 (a roughness ratio), got {cfg.server_select}")
     if cfg.client_resources.num_cpus <= 0:
@@ -158,9 +166,10 @@ def run_config(cfg: FederatedConfig, strategy: str) -> dict[str, Any]:
         "iterations": cfg.iterations, "batch-real": cfg.batch_real, "lr-img": float(cfg.lr_img),
         "dp-lr-img": float(cfg.dp_lr_img), "dp-min-class-images": cfg.dp_min_class_images, "codec": cfg.codec,
         "model": cfg.model, "width": cfg.width, "server-epochs": cfg.server_epochs,
-        "server-noise": float(cfg.server_noise), "server-select": float(cfg.server_select),
+        "server-noise": float(cfg.server_noise), "server-noise-decay": float(cfg.server_noise_decay),
+        "server-select": float(cfg.server_select),
         "server-balance": bool(cfg.server_balance), "server-standardize": bool(cfg.server_standardize),
-        "server-teachers": int(cfg.server_teachers),
+        "server-teachers": int(cfg.server_teachers), "server-lr": float(cfg.server_lr),
         "local-epochs": cfg.local_epochs, "lr": float(cfg.lr),
         "device": cfg.device, "fault": cfg.fault, "epsilon": float(cfg.privacy.epsilon or 0.0),
         "delta": float(cfg.privacy.delta), "max-grad-norm": float(cfg.privacy.max_grad_norm),
@@ -199,14 +208,15 @@ def simulate(cfg: FederatedConfig, strategy: str) -> dict[str, Any]:
 
 def centralised(cfg: FederatedConfig) -> dict[str, Any]:
     """The same model trained on all the training data (the bar the summaries aim at): real images, so
-    without ``server_noise`` and ``server_standardize``, which are meant for DP summaries, and one
-    plain training, without ``server_teachers``."""
+    without ``server_noise`` and ``server_standardize``, which are meant for DP summaries, at the
+    protocol's learning rate ``lr`` rather than ``server_lr``, and one plain training, without
+    ``server_teachers``."""
     import dataclasses
 
     from fedcl.federated.task import TaskSettings, load_data, make_model, train_global
 
     s = dataclasses.replace(TaskSettings.from_record(run_config(cfg, "oneshot")), server_noise=0.0,
-                            server_standardize=False, server_teachers=0)
+                            server_standardize=False, server_teachers=0, server_lr=cfg.lr)
     data = load_data(s.dataset, s.data_root)
     t0 = time.perf_counter()
     model = make_model(s, data, seed=cfg.seed)

@@ -59,6 +59,7 @@ import torch
 from fedcl.data import ImageData
 from fedcl.federated.select import select_summaries
 from fedcl.federated.task import (
+    SERVER_BATCH,
     TaskSettings,
     client_seed,
     distill_partition,
@@ -234,7 +235,7 @@ def server_run(s: TaskSettings, blob: dict[str, torch.Tensor], mode: str, offset
         post = functools.partial(_random_blur, top=float(top))
     elif base.startswith("noise") and "~" in base:  # noiseA~B: noise of std A, then B from the lr step on
         first, _, second = base[len("noise"):].partition("~")
-        steps = s.server_epochs * -(-int(reps.sum()) // 256)  # train_global's batches of 256
+        steps = s.server_epochs * -(-int(reps.sum()) // SERVER_BATCH)  # train_global's minibatches
         post = functools.partial(_stepped_noise, stds=(float(first), float(second)), half=steps // 2,
                                  count=itertools.count())
         base = "plain"

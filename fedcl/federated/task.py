@@ -87,8 +87,8 @@ class TaskSettings:
             privacy cost.
         server_lr: the learning rate of the server's training on the summaries (SGD with momentum 0.9,
             divided by 10 half-way: the DC/DM evaluation protocol, whose 0.01 is the default). On the
-            DP config's noisy summaries 0.03 scores higher (experiments/results/federated.md,
-            eighteenth session). Post-processing of released images: no privacy cost.
+            DP config's summaries 0.03 measured no gain (+0.07 points over fourteen seeds;
+            experiments/results/federated.md, eighteenth session). Post-processing: no privacy cost.
         local_epochs, lr, batch_size: FedAvg local training (``lr`` also trains the centralised model).
         rho: FedDM perturbation of the global model (relative std of the noise).
         epsilon, delta: DP per client (epsilon 0 means no DP).

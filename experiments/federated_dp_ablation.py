@@ -11,8 +11,8 @@ summaries is cached under ``--cache``, and the server's training is tried severa
 - ``plain``: the app's ``train_global`` (DSA, ``server_epochs``);
 - ``noiseS``: the same with ``server_noise=S`` (Gaussian noise on every training image);
 - ``noiseA~B``: noise of std ``A`` until the server's learning rate falls tenfold (half-way), then
-  ``B`` (after DSA; without ``kd``: its batch count is one training's): the last epochs see images
-  closer to the clean test images;
+  ``B``: the app's ``server_noise=A server_noise_decay=B/A`` (the eighteenth session's prototype of that
+  option, which it reproduces bitwise);
 - ``half``: only the summaries of holders with at least half the largest holder's class size;
 - ``rep``: each summary image repeated ``round(3 (n / n_max)^2)`` times (inverse-variance weights);
 - ``blurB/MODE``: MODE on the summaries blurred by a Gaussian of std ``B`` pixels (a low-pass filter);
@@ -48,7 +48,6 @@ import argparse
 import contextlib
 import dataclasses
 import functools
-import itertools
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -59,7 +58,6 @@ import torch
 from fedcl.data import ImageData
 from fedcl.federated.select import select_summaries
 from fedcl.federated.task import (
-    SERVER_BATCH,
     TaskSettings,
     client_seed,
     distill_partition,
@@ -180,12 +178,6 @@ def _random_blur(x: torch.Tensor, gen: torch.Generator, top: float) -> torch.Ten
     return blur(x, sigma) if sigma > 0.1 else x
 
 
-def _stepped_noise(x: torch.Tensor, gen: torch.Generator, stds: tuple[float, float], half: int,
-                   count: Iterator[int]) -> torch.Tensor:
-    """Noise of std ``stds[0]`` for the first ``half`` batches, then ``stds[1]`` (``count`` counts batches)."""
-    return x + stds[next(count) >= half] * torch.randn(x.shape, generator=gen)
-
-
 def _relative_noise(x: torch.Tensor, gen: torch.Generator, factor: float) -> torch.Tensor:
     std = x.flatten(1).std(1).view(-1, *([1] * (x.dim() - 1)))
     return x + factor * std * torch.randn(x.shape, generator=gen)
@@ -233,11 +225,11 @@ def server_run(s: TaskSettings, blob: dict[str, torch.Tensor], mode: str, offset
     if base.startswith("rblur"):  # a random Gaussian blur per server batch (std uniform in [0, B])
         top, _, base = base[len("rblur"):].partition("/")
         post = functools.partial(_random_blur, top=float(top))
-    elif base.startswith("noise") and "~" in base:  # noiseA~B: noise of std A, then B from the lr step on
+    elif base.startswith("noise") and "~" in base:  # noiseA~B: the app's server_noise=A, server_noise_decay=B/A
         first, _, second = base[len("noise"):].partition("~")
-        steps = s.server_epochs * -(-int(reps.sum()) // SERVER_BATCH)  # train_global's minibatches
-        post = functools.partial(_stepped_noise, stds=(float(first), float(second)), half=steps // 2,
-                                 count=itertools.count())
+        if not float(first) > 0:
+            raise SystemExit(f"server mode {mode!r}: the noise before the lr step must be > 0")
+        s = dataclasses.replace(s, server_noise=float(first), server_noise_decay=float(second) / float(first))
         base = "plain"
     elif base.startswith("rnoise"):  # noise of std F times each image's own std (instead of noiseS)
         post = functools.partial(_relative_noise, factor=float(base[len("rnoise"):]))

@@ -10,9 +10,15 @@ from torch import nn
 
 from fedcl.utils import resolve_device
 
-__all__ = ["accuracy", "class_accuracy", "predict", "train_model"]
+__all__ = ["accuracy", "class_accuracy", "lr_decay_epoch", "predict", "train_model"]
 
 Augment = Callable[[torch.Tensor], torch.Tensor]
+
+
+def lr_decay_epoch(epochs: int) -> int | None:
+    """The epoch from which :func:`train_model` (with ``lr_decay``) divides the learning rate by 10:
+    half-way, or None for a single epoch, which it trains at the full rate."""
+    return epochs // 2 if epochs > 1 else None
 
 
 def train_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float = 0.01,
@@ -48,8 +54,9 @@ def train_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
     weight = class_weight.to(device=device, dtype=torch.float32) if class_weight is not None else None
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     n = x.shape[0]
+    decay_at = lr_decay_epoch(epochs) if lr_decay else None
     for epoch in range(epochs):
-        if lr_decay and epoch == epochs // 2 and epochs > 1:
+        if epoch == decay_at:
             for group in opt.param_groups:
                 group["lr"] = lr * 0.1
         perm = torch.randperm(n, generator=generator).to(device)

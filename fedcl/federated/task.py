@@ -24,7 +24,7 @@ from fedcl.data.partition import partition_indices
 from fedcl.distill import create_distiller
 from fedcl.distill.augment import DSA, default_strategy
 from fedcl.models import create_model
-from fedcl.train import accuracy, train_model
+from fedcl.train import accuracy, lr_decay_epoch, train_model
 
 __all__ = ["TaskSettings", "client_seed", "distill_partition", "load_data", "load_partition", "make_model", "mean_softmax",
            "perturbed_network_fn", "standardize_images", "train_global", "train_local", "train_teachers"]
@@ -327,8 +327,8 @@ def train_global(s: TaskSettings, model: nn.Module, images: torch.Tensor, labels
     torch.manual_seed(seed)
     aug = DSA(default_strategy(data.name)) if dsa else None
     noise = float(s.server_noise)
-    # train_model's lr falls at epoch epochs // 2, i.e. after this many of its minibatches
-    late = (epochs // 2) * -(-len(images) // SERVER_BATCH) if epochs > 1 else math.inf
+    decay_at = lr_decay_epoch(epochs)  # train_model's lr falls there, i.e. after this many of its minibatches:
+    late = decay_at * -(-len(images) // SERVER_BATCH) if decay_at is not None else math.inf
     batches = itertools.count()
 
     def augment(xb: torch.Tensor) -> torch.Tensor:

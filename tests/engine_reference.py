@@ -35,7 +35,9 @@ def run(name: str) -> torch.Tensor:
 
     method, opts, dp = RUNS[name]
     data = load_dataset("digits")
-    engine = create_distiller(method, model_kwargs={"width": 16}, device="cpu", seed=3, progress=False, **opts)
+    # DP runs start from noise (what a DP run must do; before issue 28 an explicit init="noise" was needed)
+    init = {"init": "noise"} if dp else {}
+    engine = create_distiller(method, model_kwargs={"width": 16}, device="cpu", seed=3, progress=False, **init, **opts)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         syn = engine.distill(data.train_images, data.train_labels, IPC, num_classes=data.num_classes,

@@ -10,10 +10,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from fedcl.distill.access import PrivacyPolicy, RealAccess
 from fedcl.distill.synthetic import SyntheticSet
 from fedcl.errors import ConfigError
 from fedcl.models import create_model
-from fedcl.privacy.config import PrivacyConfig
 from fedcl.registry import Registry
 from fedcl.utils import resolve_device
 
@@ -99,12 +99,15 @@ class Distiller(ABC):
     """Turns a labelled image set into a small synthetic set.
 
     Subclasses implement :meth:`_distill`; the base class validates the input, keeps the
-    real data on the device, builds the initial synthetic set and the metadata.
+    real data on the device, builds the initial synthetic set and the metadata, and hands
+    the engine its :class:`~fedcl.distill.access.RealAccess`, the only door to real data
+    (exact, or private when a privacy block is enabled).
 
     Args:
         model: registry name of the network used for matching.
         model_kwargs: options for :func:`fedcl.models.create_model`.
-        init: ``real`` (random real images of each class) or ``noise``.
+        init: ``real`` (random real images of each class) or ``noise``; None (default) picks
+            ``real``, and ``noise`` under DP (a DP release never starts from real images).
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:1`` ...
         seed: drives every random choice of the run.
         progress: show a progress bar on a terminal.
@@ -116,12 +119,14 @@ class Distiller(ABC):
     name: ClassVar[str] = ""
     #: whether the engine reads real data after initialisation (and so can be made DP)
     supports_privacy: ClassVar[bool] = False
+    #: real images per class that the exact access draws at each step
+    batch_real: int = 256
 
-    def __init__(self, *, model: str = "convnet", model_kwargs: dict[str, Any] | None = None, init: str = "real",
+    def __init__(self, *, model: str = "convnet", model_kwargs: dict[str, Any] | None = None, init: str | None = None,
                  device: str | torch.device = "auto", seed: int = 0, progress: bool = True,
                  network_fn: Callable[[Sequence[int], int], nn.Module] | None = None) -> None:
-        if init not in ("real", "noise"):
-            raise ConfigError(f"init must be 'real' or 'noise', got {init!r}")
+        if init not in (None, "real", "noise"):
+            raise ConfigError(f"init must be 'real' or 'noise' (or unset), got {init!r}")
         self.model = model
         self.model_kwargs = dict(model_kwargs or {})
         self.init = init
@@ -138,8 +143,12 @@ class Distiller(ABC):
             return self.network_fn(in_shape, num_classes).to(self.device)
         return create_model(self.model, in_shape, num_classes, **self.model_kwargs).to(self.device)
 
+    def release_steps(self, ipc: int) -> int:
+        """How many times a run reads each class through its access (DP: the mechanism's steps)."""
+        return int(self.iterations)
+
     def distill(self, images: torch.Tensor, labels: torch.Tensor, ipc: int, *, num_classes: int | None = None,
-                privacy: PrivacyConfig | None = None, callback: Callback | None = None,
+                privacy: PrivacyPolicy | None = None, callback: Callback | None = None,
                 meta: dict[str, Any] | None = None) -> SyntheticSet:
         """Distill ``images``/``labels`` into ``ipc`` images per class.
 
@@ -148,7 +157,8 @@ class Distiller(ABC):
             labels: int64 labels ``(N,)``.
             ipc: images per class in the result.
             num_classes: defaults to ``labels.max() + 1``.
-            privacy: a DP block; None or a disabled block means no DP.
+            privacy: a DP block (:class:`fedcl.privacy.PrivacyConfig`); None or a disabled block
+                means no DP.
             callback: called as ``callback(iteration, synthetic_so_far)`` by iterative engines.
             meta: extra metadata (``dataset``, ``mean``, ``std`` ...) copied into the result.
 
@@ -156,8 +166,9 @@ class Distiller(ABC):
             A :class:`SyntheticSet` with ``ipc`` images of every class present.
 
         Raises:
-            ConfigError: ``ipc`` < 1, more than a class has, or privacy asked of an engine
-                that cannot provide it.
+            ConfigError: ``ipc`` < 1, more than a class has, privacy asked of an engine
+                that cannot provide it, or ``init="real"`` under DP.
+            PrivacyError: an invalid privacy block (raised before any image is read).
         """
         if images.ndim != 4 or labels.shape != (images.shape[0],):
             raise ConfigError(f"expected images (N, C, H, W) and labels (N,), got {tuple(images.shape)} and {tuple(labels.shape)}")
@@ -170,27 +181,30 @@ class Distiller(ABC):
         smallest = min(int(counts[c]) for c in present)
         if ipc > smallest:
             raise ConfigError(f"ipc={ipc} is more than the smallest class has ({smallest} images); use ipc <= {smallest}")
-        if privacy is not None and privacy.enabled and not self.supports_privacy:
+        private = privacy is not None and privacy.enabled
+        if private and not self.supports_privacy:
             raise ConfigError(f"method {self.name!r} cannot be made differentially private: it selects real images; "
                               f"use a matching engine (gm, dsa, dm) with privacy")
-        if privacy is not None and privacy.enabled:
-            # validate and calibrate from public facts (class sizes) before any image is read
-            from fedcl.privacy.engines import plan_release
-
-            plan_release(self, [int(counts[c]) for c in present], ipc, privacy)
+        if private and self.init == "real":
+            raise ConfigError("init='real' would copy real images into a DP release; leave init unset (DP starts "
+                              "from noise) or set init='noise'")
+        init = self.init or ("noise" if private else "real")
         gen = torch.Generator().manual_seed(self.seed)
         torch.manual_seed(self.seed)
         real = ClassData(images, labels, num_classes, self.device)
+        # the private access validates and calibrates from public facts (class sizes) before any image is read
+        access = (privacy.open_access(self, real, present, ipc, gen) if private
+                  else RealAccess(real, present, self.batch_real, gen))
         syn_labels = torch.tensor(present, dtype=torch.long).repeat_interleave(ipc)
-        syn = self.initial_images(real, present, ipc, gen)
+        syn = self.initial_images(real, present, ipc, gen, init)
         self._meta = {**(meta or {}), "method": self.name, "ipc": ipc, "image_shape": list(images.shape[1:]),
-                      "seed": self.seed, "model": self.model, "init": self.init}
+                      "seed": self.seed, "model": self.model, "init": init}
         t0 = time.perf_counter()
-        result = self._distill(real, syn, syn_labels.to(self.device), present, gen, privacy, callback)
+        result = self._distill(access, syn, syn_labels.to(self.device), present, gen, callback)
         self.stats["distill_seconds"] = time.perf_counter() - t0
         if self.iterations:
             self.stats["seconds_per_iteration"] = self.stats["distill_seconds"] / self.iterations
-        return self.wrap(result, syn_labels, num_classes, privacy_meta=self.stats.pop("privacy", None))
+        return self.wrap(result, syn_labels, num_classes, privacy_meta=access.record())
 
     def wrap(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int, privacy_meta: Any = None) -> SyntheticSet:
         """A SyntheticSet with this run's metadata."""
@@ -199,15 +213,19 @@ class Distiller(ABC):
         meta = {**self._meta, "iterations": self.iterations, "fedcl_version": __version__, "privacy": privacy_meta}
         return SyntheticSet(images.detach().float().cpu(), labels.cpu(), num_classes, meta)
 
-    def initial_images(self, real: ClassData, classes: list[int], ipc: int, gen: torch.Generator) -> torch.Tensor:
-        """``ipc`` random real images per class, or Gaussian noise (``init=noise``)."""
-        if self.init == "noise":
+    def initial_images(self, real: ClassData, classes: list[int], ipc: int, gen: torch.Generator,
+                       init: str = "real") -> torch.Tensor:
+        """``ipc`` random real images per class, or Gaussian noise (``init="noise"``)."""
+        if init == "noise":
             shape = (len(classes) * ipc, *real.images.shape[1:])
             return torch.randn(shape, generator=gen).to(self.device)
         x, _ = real.sample(ipc, gen, classes)
         return x.clone()
 
     @abstractmethod
-    def _distill(self, real: ClassData, syn: torch.Tensor, syn_labels: torch.Tensor, classes: list[int],
-                 gen: torch.Generator, privacy: PrivacyConfig | None, callback: Callback | None) -> torch.Tensor:
-        """Return the final synthetic images (``len(classes) * ipc`` of them, class-major order)."""
+    def _distill(self, access: RealAccess, syn: torch.Tensor, syn_labels: torch.Tensor, classes: list[int],
+                 gen: torch.Generator, callback: Callback | None) -> torch.Tensor:
+        """Return the final synthetic images (``len(classes) * ipc`` of them, class-major order).
+
+        Every read of real data after ``syn``'s initialisation goes through ``access``.
+        """

@@ -4,6 +4,12 @@ Each iteration draws a freshly initialised network and matches, per class, the m
 embedding of a batch of real images with the mean embedding of the synthetic images
 (optionally both under the same DSA transformation). All classes go through the
 network in one batched forward pass; the real side runs under ``no_grad``.
+
+The real means come from the engine's access (:mod:`fedcl.distill.access`): exact, or under
+DP noisy means of clipped (by default unit-norm, centred) embeddings; then the synthetic
+embeddings get the same bound, and with ``privacy.replay`` the released (network,
+augmentation, target) triples are matched again after the last private step, which is
+post-processing and reads no real data.
 """
 
 from __future__ import annotations
@@ -12,24 +18,14 @@ from typing import Any
 
 import torch
 
+from fedcl.distill.access import RealAccess, class_means
 from fedcl.distill.augment import DSA, default_strategy
-from fedcl.distill.base import Callback, ClassData, Distiller, register_distiller
+from fedcl.distill.base import Callback, Distiller, register_distiller
 from fedcl.errors import ConfigError
 from fedcl.models.fast import embed_no_grad, resolve_precision
-from fedcl.privacy.config import PrivacyConfig
 from fedcl.utils import progress
 
 __all__ = ["DistributionMatching", "class_means"]
-
-
-def class_means(emb: torch.Tensor, labels: torch.Tensor, classes: list[int]) -> torch.Tensor:
-    """Mean embedding of each class in ``classes`` (rows in that order)."""
-    index = torch.full((int(labels.max()) + 1,), -1, dtype=torch.long, device=emb.device)
-    index[torch.tensor(classes, device=emb.device)] = torch.arange(len(classes), device=emb.device)
-    rows = index[labels]
-    sums = torch.zeros(len(classes), emb.shape[1], device=emb.device, dtype=emb.dtype).index_add_(0, rows, emb)
-    counts = torch.bincount(rows, minlength=len(classes)).clamp_min(1).to(emb.dtype)
-    return sums / counts[:, None]
 
 
 @register_distiller("dm")
@@ -39,7 +35,9 @@ class DistributionMatching(Distiller):
     Args:
         iterations: outer iterations, one fresh network each (20,000 in the paper).
         batch_real: real images per class per iteration (256).
-        lr_img: SGD learning rate of the synthetic images (1.0).
+        lr_img: SGD learning rate of the synthetic images; None (default): 1.0, and 100 under DP,
+            where every real and synthetic embedding is scaled to the clipping bound (norm 1) and
+            the loss is correspondingly small.
         momentum: SGD momentum of the synthetic images (0.5).
         dsa: apply the same DSA transformation to real and synthetic images.
         dsa_strategy: DSA operations; None picks the dataset's reference strategy.
@@ -55,14 +53,17 @@ class DistributionMatching(Distiller):
     """
 
     supports_privacy = True
+    #: the image learning rates without and with DP (see ``lr_img``)
+    default_lr_img, dp_lr_img = 1.0, 100.0
 
-    def __init__(self, *, iterations: int = 1000, batch_real: int = 256, lr_img: float = 1.0, momentum: float = 0.5,
+    def __init__(self, *, iterations: int = 1000, batch_real: int = 256, lr_img: float | None = None,
+                 momentum: float = 0.5,
                  dsa: bool = True, dsa_strategy: str | None = None, precision: str = "fp32",
                  fast_embed: bool | str = "auto", embed_chunk: int | str | None = "auto", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.iterations = int(iterations)
         self.batch_real = int(batch_real)
-        self.lr_img = float(lr_img)
+        self.lr_img = None if lr_img is None else float(lr_img)
         self.momentum = float(momentum)
         self.dsa = dsa
         self.dsa_strategy = dsa_strategy
@@ -75,41 +76,61 @@ class DistributionMatching(Distiller):
             raise ConfigError(f"embed_chunk must be 'auto', None or a positive integer, got {embed_chunk!r}")
         self.embed_chunk = embed_chunk
 
-    def _distill(self, real: ClassData, syn: torch.Tensor, syn_labels: torch.Tensor, classes: list[int],
-                 gen: torch.Generator, privacy: PrivacyConfig | None, callback: Callback | None) -> torch.Tensor:
-        # --- DP branch (owned by fedcl.privacy; the non-DP path below is untouched) ---
-        if privacy is not None and privacy.enabled:
-            from fedcl.privacy.engines import distill_dm_private
-
-            return distill_dm_private(self, real, syn, syn_labels, classes, gen, privacy, callback)
-        # --- end of DP branch ---
+    def _distill(self, access: RealAccess, syn: torch.Tensor, syn_labels: torch.Tensor, classes: list[int],
+                 gen: torch.Generator, callback: Callback | None) -> torch.Tensor:
         aug = DSA(self.dsa_strategy or default_strategy(self._meta.get("dataset", ""))) if self.dsa else None
         syn = syn.detach().clone().requires_grad_(True)
-        opt = torch.optim.SGD([syn], lr=self.lr_img, momentum=self.momentum)
-        in_shape, num_classes = syn.shape[1:], real.num_classes
+        lr = self.lr_img if self.lr_img is not None else (self.dp_lr_img if access.private else self.default_lr_img)
+        opt = torch.optim.SGD([syn], lr=lr, momentum=self.momentum)
+        in_shape, num_classes = syn.shape[1:], access.real.num_classes
         # class label -> DSA parameter group (one siamese transformation per class)
         group = torch.zeros(num_classes, dtype=torch.long)
         group[torch.tensor(classes)] = torch.arange(len(classes))
         syn_group = group[syn_labels.cpu()]
-        for it in progress(range(self.iterations), desc=f"dm {self._meta.get('dataset', '')}", enabled=self.progress):
-            net = self.make_network(in_shape, num_classes)
-            net.train()
-            for p in net.parameters():
-                p.requires_grad_(False)
-            params = aug.sample(len(classes), gen) if aug else None
-            xr, yr = real.sample(self.batch_real, gen, classes)
-            real_group = group[yr.cpu()] if aug else None
-            with torch.no_grad():
-                xr = aug(xr, params, real_group) if aug else xr
-                emb = embed_no_grad(net, xr, precision=self.dtype, chunk=self.embed_chunk) if self.fast_embed else net.embed(xr)
-                target = class_means(emb.float(), yr, classes)
+        fast = self.fast_embed and not access.private  # per-example contributions use the plain forward
+
+        def match(net: torch.nn.Module, params: object, target: torch.Tensor, ref: torch.Tensor | None) -> None:
             xs = aug(syn, params, syn_group) if aug else syn
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
                 emb_syn = net.embed(xs)
-            loss = ((class_means(emb_syn.float(), syn_labels, classes) - target) ** 2).sum()
+            emb_syn = access.bound(emb_syn.float() if ref is None else emb_syn.float() - ref)
+            loss = ((class_means(emb_syn, syn_labels, classes) - target) ** 2).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+
+        released: list[tuple[torch.nn.Module, object, torch.Tensor, torch.Tensor | None]] = []
+        replay = access.replay
+        total = self.iterations * (1 + replay)
+        for it in progress(range(total), desc=f"{access.prefix}dm {self._meta.get('dataset', '')}",
+                           enabled=self.progress):
+            if it < self.iterations:  # a step that reads real data, through the access
+                net = access.network(self.make_network(in_shape, num_classes), first=it == 0)
+                net.train()
+                for p in net.parameters():
+                    p.requires_grad_(False)
+                params = aug.sample(len(classes), gen) if aug else None
+                ref = None
+                if access.centred:  # the synthetic mean embedding: a function of earlier releases only
+                    with torch.no_grad():
+                        ref = net.embed(aug(syn, params, syn_group) if aug else syn).mean(0)
+
+                def rows(x: torch.Tensor, y: torch.Tensor, net=net, params=params, ref=ref) -> torch.Tensor:
+                    x = aug(x, params, group[y.cpu()]) if aug else x
+                    emb = (embed_no_grad(net, x, precision=self.dtype, chunk=self.embed_chunk) if fast
+                           else net.embed(x))
+                    return emb if ref is None else emb - ref
+
+                access.step()
+                target = access.class_means(access.batch(classes), rows, classes)
+                if replay:
+                    released.append((net, params, target, ref))
+            else:  # replay: post-processing of the released targets, in a fresh random order each pass
+                k = (it - self.iterations) % self.iterations
+                if k == 0:
+                    order = torch.randperm(self.iterations, generator=gen).tolist()
+                net, params, target, ref = released[order[k]]
+            match(net, params, target, ref)
             if callback is not None:
                 callback(it + 1, self.wrap(syn, syn_labels, num_classes))
         return syn.detach()

@@ -6,24 +6,29 @@ layer, with the gradient of that class's synthetic images (the DC distance: one 
 the cosine similarity of each output unit's weight gradient, summed); between steps the
 network is trained for ``inner_loop`` epochs on the synthetic set. DSA applies the same
 sampled augmentation to both batches (and augments the inner training).
+
+The real gradients come from the engine's access (:mod:`fedcl.distill.access`): the plain
+gradient of the mean loss, or under DP a DP-SGD gradient (per-sample gradients clipped,
+summed, noised, divided by the expected batch); each matching step is one step of the
+mechanism for every class.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from fedcl.distill.access import RealAccess
 from fedcl.distill.augment import DSA, default_strategy
-from fedcl.distill.base import Callback, ClassData, Distiller, register_distiller
-from fedcl.privacy.config import PrivacyConfig
+from fedcl.distill.base import Callback, Distiller, register_distiller
 from fedcl.train import train_model
 from fedcl.utils import progress
 
-__all__ = ["DSAGradientMatching", "GradientMatching", "RealAccess", "gradient_distance", "loops_for_ipc"]
+__all__ = ["DSAGradientMatching", "GradientMatching", "gradient_distance", "loops_for_ipc"]
 
 # (outer_loop, inner_loop) by images per class, from the reference implementation
 _LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
@@ -85,48 +90,38 @@ class GradientMatching(Distiller):
         self.dsa = self.default_dsa if dsa is None else bool(dsa)
         self.dsa_strategy = dsa_strategy
 
-    def real_gradients(self, net: nn.Module, params: list[nn.Parameter], x: torch.Tensor,
-                       y: torch.Tensor) -> list[torch.Tensor]:
-        """Gradient of the mean cross-entropy on a real batch (no graph kept)."""
-        return [g.detach() for g in torch.autograd.grad(F.cross_entropy(net(x), y), params)]
+    def release_steps(self, ipc: int) -> int:
+        """Each class is read once per matching step: ``iterations * outer_loop``."""
+        return int(self.iterations) * int(self.outer_loop or loops_for_ipc(ipc)[0])
 
-    def _distill(self, real: ClassData, syn: torch.Tensor, syn_labels: torch.Tensor, classes: list[int],
-                 gen: torch.Generator, privacy: PrivacyConfig | None, callback: Callback | None) -> torch.Tensor:
-        # --- DP branch (owned by fedcl.privacy; it runs match_loop with a private RealAccess) ---
-        if privacy is not None and privacy.enabled:
-            from fedcl.privacy.engines import distill_gm_private
-
-            return distill_gm_private(self, real, syn, syn_labels, classes, gen, privacy, callback)
-        # --- end of DP branch ---
-        return self.match_loop(RealAccess(self, real, gen), syn, syn_labels, classes, real.num_classes, gen, callback)
-
-    def match_loop(self, access: RealAccess, syn: torch.Tensor, syn_labels: torch.Tensor, classes: list[int],
-                   num_classes: int, gen: torch.Generator, callback: Callback | None) -> torch.Tensor:
-        """The DC/DSA loop; every read of real data goes through ``access`` (DP swaps it)."""
+    def _distill(self, access: RealAccess, syn: torch.Tensor, syn_labels: torch.Tensor, classes: list[int],
+                 gen: torch.Generator, callback: Callback | None) -> torch.Tensor:
         aug = DSA(self.dsa_strategy or default_strategy(self._meta.get("dataset", ""))) if self.dsa else None
         ipc = syn.shape[0] // len(classes)
         outer, inner = loops_for_ipc(ipc)
         outer = self.outer_loop or outer
         inner = self.inner_loop if self.inner_loop is not None else inner
+        num_classes = access.real.num_classes
         syn = syn.detach().clone().requires_grad_(True)
         opt = torch.optim.SGD([syn], lr=self.lr_img, momentum=self.momentum)
         in_shape = syn.shape[1:]
         for it in progress(range(self.iterations), desc=f"{access.prefix}{self.name} {self._meta.get('dataset', '')}",
                            enabled=self.progress):
-            net = access.network(self.make_network(in_shape, num_classes), it)
+            net = access.network(self.make_network(in_shape, num_classes), first=it == 0)
             net.train()
             params = [p for p in net.parameters() if p.requires_grad]
             for ol in range(outer):
                 opt.zero_grad(set_to_none=True)
-                access.begin_step()
+                access.step()
                 for ci, c in enumerate(classes):
-                    xr, yr = access.batch(ci, c)
+                    batch = access.batch([c])
                     xs, ys = syn[ci * ipc:(ci + 1) * ipc], syn_labels[ci * ipc:(ci + 1) * ipc]
+                    transform = None
                     if aug is not None:
                         p = aug.sample(1, gen)
-                        xr = aug(xr, p) if len(xr) else xr
                         xs = aug(xs, p)
-                    g_real = access.gradient(net, params, xr, yr, ci)
+                        transform = partial(aug, params=p)
+                    g_real = access.mean_gradient(batch, net, params, transform)
                     g_syn = torch.autograd.grad(F.cross_entropy(net(xs), ys), params, create_graph=True)
                     # one backward per class frees that class's graph at once; grads accumulate in syn.grad
                     gradient_distance(g_syn, g_real).backward()
@@ -140,33 +135,6 @@ class GradientMatching(Distiller):
             if callback is not None:
                 callback(it + 1, self.wrap(syn, syn_labels, num_classes))
         return syn.detach()
-
-
-class RealAccess:
-    """How :meth:`GradientMatching.match_loop` reads real data: per class, ``batch_real`` sampled
-    images and the plain mean cross-entropy gradient. :mod:`fedcl.privacy.engines` subclasses it
-    with Poisson sampling and clipped, noised per-sample gradients."""
-
-    prefix = ""
-
-    def __init__(self, engine: GradientMatching, real: ClassData, gen: torch.Generator) -> None:
-        self.engine, self.real, self.gen = engine, real, gen
-
-    def network(self, net: nn.Module, it: int) -> nn.Module:
-        """The matching network of iteration ``it`` (DP: made Opacus-compatible)."""
-        return net
-
-    def begin_step(self) -> None:
-        """Called before each matching step's class loop (DP: draws the step's Poisson sample)."""
-
-    def batch(self, ci: int, c: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The real images and labels of class ``c`` (the ``ci``-th class) for this step."""
-        return self.real.sample(self.engine.batch_real, self.gen, [c])
-
-    def gradient(self, net: nn.Module, params: list[nn.Parameter], x: torch.Tensor, y: torch.Tensor,
-                 ci: int) -> list[torch.Tensor]:
-        """The real-data gradient that the synthetic gradient is matched to."""
-        return self.engine.real_gradients(net, params, x, y)
 
 
 @register_distiller("dsa")

@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
+from fedcl.distill.access import RealAccess
 from fedcl.distill.base import Callback, ClassData, Distiller, register_distiller
 from fedcl.errors import ConfigError
-from fedcl.privacy.config import PrivacyConfig
 from fedcl.train import train_model
 
 __all__ = ["HerdingSelection", "KCenterSelection", "RandomSelection", "herding", "kcenter"]
@@ -52,7 +52,7 @@ class _Selection(Distiller):
     """Shared logic: embed the real images, pick ``ipc`` per class."""
 
     def __init__(self, *, features: str = "trained", feature_epochs: int = 2, **kwargs: Any) -> None:
-        if kwargs.get("init", "real") != "real":
+        if kwargs.get("init") not in (None, "real"):
             raise ConfigError(f"{type(self).__name__} selects real images; init must be 'real'")
         if features not in ("trained", "random", "pixels"):
             raise ConfigError(f"features must be trained, random or pixels, got {features!r}")
@@ -74,8 +74,10 @@ class _Selection(Distiller):
         net.eval()
         return torch.cat([net.embed(real.images[i:i + 1024]) for i in range(0, real.images.shape[0], 1024)])
 
-    def _distill(self, real: ClassData, syn: torch.Tensor, syn_labels: torch.Tensor, classes: list[int],
-                 gen: torch.Generator, privacy: PrivacyConfig | None, callback: Callback | None) -> torch.Tensor:
+    def _distill(self, access: RealAccess, syn: torch.Tensor, syn_labels: torch.Tensor, classes: list[int],
+                 gen: torch.Generator, callback: Callback | None) -> torch.Tensor:
+        # selection returns real images, so it reads the data itself (and can never be private)
+        real = access.real
         ipc = syn.shape[0] // len(classes)
         feats = self._embed(real, gen)
         picks = [real.indices(c)[self.pick(feats[real.indices(c)], ipc)] for c in classes]
@@ -86,8 +88,8 @@ class _Selection(Distiller):
 class RandomSelection(_Selection):
     """``ipc`` real images per class drawn uniformly at random (the seed decides)."""
 
-    def _distill(self, real: ClassData, syn: torch.Tensor, syn_labels: torch.Tensor, classes: list[int],
-                 gen: torch.Generator, privacy: PrivacyConfig | None, callback: Callback | None) -> torch.Tensor:
+    def _distill(self, access: RealAccess, syn: torch.Tensor, syn_labels: torch.Tensor, classes: list[int],
+                 gen: torch.Generator, callback: Callback | None) -> torch.Tensor:
         return syn  # the base class already drew ipc random real images per class
 
 

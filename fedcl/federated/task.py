@@ -274,7 +274,7 @@ def distill_partition(s: TaskSettings, images: torch.Tensor, labels: torch.Tenso
     distillers = {k: create_distiller(s.method, model=s.model, model_kwargs=s.model_kwargs, device=s.device,
                                       seed=seed + k, progress=False, network_fn=network_fn, **opts) for k in groups}
     if privacy is not None and ledger is not None:
-        from fedcl.privacy.engines import plan_release
+        from fedcl.privacy.access import plan_release
 
         for k, classes in groups.items():
             ledger.check(plan_release(distillers[k], counts[classes].tolist(), k, privacy), name=f"ipc-{k} summary")

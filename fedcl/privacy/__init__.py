@@ -1,7 +1,7 @@
 """Differential privacy: the privacy block, Opacus accounting, the DP mechanism, a per-owner ledger.
 
-The DP branches of the engines live in :mod:`fedcl.privacy.engines` (imported lazily by
-the engines), the DP-SGD baseline in :mod:`fedcl.privacy.dpsgd`, the membership-inference
+The private real-data access that makes every engine DP lives in :mod:`fedcl.privacy.access`
+(reached through :meth:`PrivacyConfig.open_access`), the DP-SGD baseline in :mod:`fedcl.privacy.dpsgd`, the membership-inference
 audit in :mod:`fedcl.privacy.audit` and the privacy/utility sweep in :mod:`fedcl.privacy.sweep`.
 """
 

@@ -32,7 +32,7 @@ from opacus.accountants import IAccountant, create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 
 from fedcl.errors import PrivacyError
-from fedcl.privacy.config import SCHEDULES, PrivacyConfig
+from fedcl.privacy.config import PrivacyConfig
 
 __all__ = ["ACCOUNTANTS", "DPParams", "calibrate_noise", "compute_epsilon", "make_accountant", "resolve_privacy",
            "validate_privacy"]
@@ -132,9 +132,8 @@ def validate_privacy(privacy: PrivacyConfig, num_examples: int | None = None) ->
     Raises:
         PrivacyError: epsilon <= 0, delta outside (0, 1) or >= 1/N, max_grad_norm <= 0,
             noise_multiplier < 0, both epsilon and noise_multiplier set, unknown
-            accountant, sample_rate outside (0, 1], infinite clipping with noise, downsample
-            not an integer >= 1, subspace or subspace_below not an integer >= 0, a ``public``
-            dataset without ``subspace`` or not registered, ``public_fill`` outside (0, 1].
+            accountant, sample_rate outside (0, 1], infinite clipping with noise, replay not
+            an integer >= 0.
     """
     _positive("epsilon", privacy.epsilon)
     if privacy.epsilon is not None and privacy.noise_multiplier is not None:
@@ -164,25 +163,8 @@ def validate_privacy(privacy: PrivacyConfig, num_examples: int | None = None) ->
         q = float(privacy.sample_rate)
         if math.isnan(q) or not 0.0 < q <= 1.0:
             raise PrivacyError(f"privacy.sample_rate must be in (0, 1], got {privacy.sample_rate}")
-    if int(privacy.downsample) != privacy.downsample or privacy.downsample < 1:
-        raise PrivacyError(f"privacy.downsample must be an integer >= 1 (1: full resolution), got {privacy.downsample}")
-    for name in ("subspace", "subspace_below"):
-        value = getattr(privacy, name)
-        if int(value) != value or value < 0:
-            raise PrivacyError(f"privacy.{name} must be an integer >= 0 (0: off), got {value}")
-    if privacy.public:
-        from fedcl.data import list_datasets
-
-        if not privacy.subspace:
-            raise PrivacyError("privacy.public is only used for the basis of privacy.subspace; set subspace > 0 "
-                               "or leave public empty")
-        if privacy.public not in list_datasets():
-            raise PrivacyError(f"privacy.public={privacy.public!r} is not a registered dataset; "
-                               f"known: {', '.join(list_datasets())}")
-    if not 0.0 < float(privacy.public_fill) <= 1.0:
-        raise PrivacyError(f"privacy.public_fill must be in (0, 1], got {privacy.public_fill}")
-    if privacy.schedule not in SCHEDULES:
-        raise PrivacyError(f"unknown privacy.schedule {privacy.schedule!r}; valid: {', '.join(SCHEDULES)}")
+    if int(privacy.replay) != privacy.replay or privacy.replay < 0:
+        raise PrivacyError(f"privacy.replay must be an integer >= 0 (0: no replay), got {privacy.replay}")
 
 
 def resolve_privacy(privacy: PrivacyConfig, *, sample_rate: float, steps: int,

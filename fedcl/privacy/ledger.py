@@ -12,7 +12,7 @@ API::
     from fedcl.privacy.ledger import PrivacyLedger
 
     ledger = PrivacyLedger(epsilon=4.0, delta=1e-5, owner="client-3")   # accountant="rdp" | "prv"
-    params = plan_release(distiller, class_counts, ipc, privacy)          # fedcl.privacy.engines; no data
+    params = plan_release(distiller, class_counts, ipc, privacy)          # fedcl.privacy.access; no data
     ledger.check(params)              # PrivacyError if it would exceed the budget (nothing recorded)
     syn = distiller.distill(x, y, ipc, privacy=PrivacyConfig(noise_multiplier=params.noise_multiplier, ...))
     ledger.record(syn.meta["privacy"], name="round 3")   # check + append; accepts DPParams or its dict

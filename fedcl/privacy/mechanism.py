@@ -15,7 +15,7 @@ One step of the mechanism, applied to the real examples of one class ``c`` (``N_
 For ``dm`` the contribution may be *normalised* (scaled to norm exactly ``C``, a clip whose
 bound is always reached) and *centred* first (``v_i - r`` with ``r`` the mean embedding of
 the current synthetic set under the same network: ``r`` depends only on earlier releases and
-public randomness, so the sensitivity is still ``C``). See :mod:`fedcl.privacy.engines`.
+public randomness, so the sensitivity is still ``C``). See :mod:`fedcl.privacy.access`.
 
 This is exactly the subsampled Gaussian mechanism of DP-SGD, so Opacus accountants
 (:mod:`fedcl.privacy.accounting`) bound its privacy loss.
@@ -29,13 +29,15 @@ on the previous noisy outputs), which the RDP/PRV/GDP accountants account for: t
 recorded as ``(noise_multiplier, q, T)``.
 
 **Why the whole synthetic set is (epsilon, delta)-DP.** The synthetic images start from
-noise (a DP run never copies real images in: ``init="real"`` is switched to ``noise``
-with a warning), the matching networks and augmentations are drawn independently of
-the data, and the synthetic side of every loss uses no real data. The *only* access to
-real data is through the mechanism above; everything else -- the optimiser, the
-synthetic-side embeddings or gradients, the final images, any model trained on them --
-is post-processing of its noisy outputs, which cannot increase epsilon. This includes
-``dm``'s *replay* passes, which reuse released noisy targets without reading real data.
+noise (a DP run never copies real images in: ``init`` defaults to ``noise`` under DP and
+``init="real"`` is refused), the matching networks and augmentations are drawn independently of
+the data, and the synthetic side of every loss uses no real data. The *only* access to real
+data is :class:`fedcl.privacy.access.PrivateAccess`, which applies the mechanism above (every
+engine reads real data through the access it is handed, :mod:`fedcl.distill.access`);
+everything else -- the optimiser, the synthetic-side embeddings or gradients, the final images,
+any model trained on them -- is post-processing of its noisy outputs, which cannot increase
+epsilon. This includes ``dm``'s *replay* passes, which reuse released noisy targets without
+reading real data.
 
 **Normalisation layers.** Per-example contributions must not depend on other examples
 of the batch. BatchNorm in training mode mixes the batch, so a network that Opacus's

@@ -17,8 +17,8 @@ def privacy_step(out: Path, device: str) -> str:
     from fedcl.distill import create_distiller
     from fedcl.errors import PrivacyError
     from fedcl.evaluate import evaluate_synthetic
+    from fedcl.privacy.access import plan_release
     from fedcl.privacy.config import PrivacyConfig
-    from fedcl.privacy.engines import plan_release
     from fedcl.privacy.ledger import PrivacyLedger
     from fedcl.runs import write_json
 

@@ -71,9 +71,10 @@ def write_report(res: dict[str, Any], out: Path) -> None:
           "Written by `experiments/bench_distill.py` (`--part digits|mnist|speed|curve|ceiling`); every figure is "
           "measured by that script on the machine named under each part. MNIST-6k = the first 6,000 MNIST "
           "training images, tested on the official 10,000 test images. Accuracies are test accuracy of fresh "
-          "ConvNets trained on the synthetic set (SGD, DSA augmentation, lr/10 at half the epochs).", ""]
-    if res.get("notes"):  # the reading of the numbers against the targets, kept in distill.json
-        md += ["## Against the issue's targets", ""] + [f"- {n}" for n in res["notes"]] + [""]
+          "ConvNets trained on the synthetic set (SGD, DSA augmentation, lr/10 at half the epochs). One current "
+          "table per part and device; earlier runs are in git.", ""]
+    if res.get("notes"):  # the reading of the tables, kept in distill.json
+        md += ["## What the tables say", ""] + [f"- {n}" for n in res["notes"]] + [""]
     for key in ("speed", "speed_gpu"):
         if key not in res:
             continue

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from fedcl.distill.access import PrivacyPolicy, RealAccess
+from fedcl.distill.memory import Memory, create_memory, memory_class
 from fedcl.distill.synthetic import SyntheticSet
 from fedcl.errors import ConfigError
 from fedcl.models import create_model
@@ -114,19 +115,43 @@ class Distiller(ABC):
         network_fn: optional ``fn(in_shape, num_classes) -> nn.Module`` that supplies the
             matching networks instead of fresh registry models (e.g. FedDM matches in the
             feature space of the current global model, randomly perturbed).
+        param: how the memory is stored (:mod:`fedcl.distill.memory`): ``images`` (free pixels,
+            default), ``idc`` (multi-formation) or ``haba`` (bases and hallucinators). ``ipc``
+            is then a storage budget; the engine matches the decoded images.
+        param_kwargs: options of the parameterisation (``factor`` for idc; ``hallucinators``,
+            ``hidden`` for haba).
+        soft_labels: learn soft labels: one distribution over the classes per decoded image,
+            initialised from the logits of a network trained on the real data for
+            ``soft_label_steps`` steps (as TESLA and DATM do), optimised with the images where the
+            engine's loss depends on the labels (gm, dsa; dm's loss does not, so its labels stay
+            at that initialisation), stored and counted in the memory, used by the evaluation
+            (soft cross-entropy).
+        lr_label: SGD learning rate of the soft labels' logits.
+        soft_label_steps: training steps (batches of ``batch_real`` images per class) of the
+            network whose logits initialise the soft labels.
     """
 
     name: ClassVar[str] = ""
     #: whether the engine reads real data after initialisation (and so can be made DP)
     supports_privacy: ClassVar[bool] = False
+    #: whether the engine optimises a memory (selection engines return real images instead)
+    synthesises: ClassVar[bool] = True
     #: real images per class that the exact access draws at each step
     batch_real: int = 256
 
     def __init__(self, *, model: str = "convnet", model_kwargs: dict[str, Any] | None = None, init: str | None = None,
                  device: str | torch.device = "auto", seed: int = 0, progress: bool = True,
-                 network_fn: Callable[[Sequence[int], int], nn.Module] | None = None) -> None:
+                 network_fn: Callable[[Sequence[int], int], nn.Module] | None = None, param: str = "images",
+                 param_kwargs: dict[str, Any] | None = None, soft_labels: bool = False, lr_label: float = 1.0,
+                 soft_label_steps: int = 100) -> None:
         if init not in (None, "real", "noise"):
             raise ConfigError(f"init must be 'real' or 'noise' (or unset), got {init!r}")
+        memory_class(param)  # an unknown name fails here, listing the valid ones
+        if not self.synthesises and (param != "images" or soft_labels):
+            raise ConfigError(f"method {self.name!r} selects real images: it takes neither param={param!r} other than "
+                              f"'images' nor soft_labels; use a matching engine (dm, gm, dsa, ...)")
+        self.param, self.param_kwargs = param, dict(param_kwargs or {})
+        self.soft_labels, self.lr_label, self.soft_label_steps = bool(soft_labels), float(lr_label), int(soft_label_steps)
         self.model = model
         self.model_kwargs = dict(model_kwargs or {})
         self.init = init
@@ -188,30 +213,60 @@ class Distiller(ABC):
         if private and self.init == "real":
             raise ConfigError("init='real' would copy real images into a DP release; leave init unset (DP starts "
                               "from noise) or set init='noise'")
+        if private and self.soft_labels:
+            raise ConfigError("soft_labels under DP is not available: their initialisation trains a network on the "
+                              "real data outside the private mechanism; use hard labels with privacy")
         init = self.init or ("noise" if private else "real")
         gen = torch.Generator().manual_seed(self.seed)
         torch.manual_seed(self.seed)
         real = ClassData(images, labels, num_classes, self.device)
-        # the private access validates and calibrates from public facts (class sizes) before any image is read
-        access = (privacy.open_access(self, real, present, ipc, gen) if private
+        memory = create_memory(self.param, present, ipc, tuple(images.shape[1:]), **self.param_kwargs)
+        # the private access validates and calibrates from public facts (class sizes, decoded images per
+        # class) before any image is read
+        access = (privacy.open_access(self, real, present, memory.per_class, gen) if private
                   else RealAccess(real, present, self.batch_real, gen))
-        syn_labels = torch.tensor(present, dtype=torch.long).repeat_interleave(ipc)
-        syn = self.initial_images(real, present, ipc, gen, init)
+        memory.init_from_images(self.initial_images(real, present, ipc, gen, init))
         self._meta = {**(meta or {}), "method": self.name, "ipc": ipc, "image_shape": list(images.shape[1:]),
                       "seed": self.seed, "model": self.model, "init": init}
         t0 = time.perf_counter()
-        result = self._distill(access, syn, syn_labels.to(self.device), present, gen, callback)
+        if self.soft_labels:
+            memory.enable_soft_labels(self.label_logits(access, memory))
+        self._distill(access, memory, present, gen, callback)
         self.stats["distill_seconds"] = time.perf_counter() - t0
         if self.iterations:
             self.stats["seconds_per_iteration"] = self.stats["distill_seconds"] / self.iterations
-        return self.wrap(result, syn_labels, num_classes, privacy_meta=access.record())
+        return self.wrap(memory, num_classes, privacy_meta=access.record())
 
-    def wrap(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int, privacy_meta: Any = None) -> SyntheticSet:
-        """A SyntheticSet with this run's metadata."""
+    def label_logits(self, access: RealAccess, memory: Memory) -> torch.Tensor:
+        """Logits of a network trained on the real data (through ``access``) on the decoded images."""
+        num_classes = access.real.num_classes
+        net = self.make_network(memory.image_shape, num_classes)
+        params = [p for p in net.parameters() if p.requires_grad]
+        opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4)
+        net.train()
+        for _ in range(self.soft_label_steps):
+            access.step()
+            grads = access.mean_gradient(access.batch(), net, params)
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g
+            opt.step()
+        net.eval()
+        with torch.no_grad():
+            return net(memory())
+
+    def optimizer(self, memory: Memory, lr_img: float, momentum: float) -> torch.optim.Optimizer:
+        """SGD over the memory's stored images (``lr_img``) and soft-label logits (``lr_label``)."""
+        groups: list[dict[str, Any]] = [{"params": memory.image_parameters(), "lr": lr_img}]
+        if memory.label_logits is not None:
+            groups.append({"params": [memory.label_logits], "lr": self.lr_label})
+        return torch.optim.SGD(groups, lr=lr_img, momentum=momentum)
+
+    def wrap(self, memory: Memory, num_classes: int, privacy_meta: Any = None) -> SyntheticSet:
+        """A SyntheticSet of ``memory`` (decoded, with its stored form) and this run's metadata."""
         from fedcl import __version__
 
         meta = {**self._meta, "iterations": self.iterations, "fedcl_version": __version__, "privacy": privacy_meta}
-        return SyntheticSet(images.detach().float().cpu(), labels.cpu(), num_classes, meta)
+        return SyntheticSet.from_memory(memory, num_classes, meta)
 
     def initial_images(self, real: ClassData, classes: list[int], ipc: int, gen: torch.Generator,
                        init: str = "real") -> torch.Tensor:
@@ -223,9 +278,10 @@ class Distiller(ABC):
         return x.clone()
 
     @abstractmethod
-    def _distill(self, access: RealAccess, syn: torch.Tensor, syn_labels: torch.Tensor, classes: list[int],
-                 gen: torch.Generator, callback: Callback | None) -> torch.Tensor:
-        """Return the final synthetic images (``len(classes) * ipc`` of them, class-major order).
+    def _distill(self, access: RealAccess, memory: Memory, classes: list[int], gen: torch.Generator,
+                 callback: Callback | None) -> None:
+        """Optimise ``memory`` in place (its decoded images: ``memory()``, class-major; labels:
+        ``memory.labels()``).
 
-        Every read of real data after ``syn``'s initialisation goes through ``access``.
+        Every read of real data after the memory's initialisation goes through ``access``.
         """

@@ -21,6 +21,7 @@ import torch
 from fedcl.distill.access import RealAccess, class_means
 from fedcl.distill.augment import DSA, default_strategy
 from fedcl.distill.base import Callback, Distiller, register_distiller
+from fedcl.distill.memory import Memory
 from fedcl.errors import ConfigError
 from fedcl.models.fast import embed_no_grad, resolve_precision
 from fedcl.utils import progress
@@ -76,13 +77,13 @@ class DistributionMatching(Distiller):
             raise ConfigError(f"embed_chunk must be 'auto', None or a positive integer, got {embed_chunk!r}")
         self.embed_chunk = embed_chunk
 
-    def _distill(self, access: RealAccess, syn: torch.Tensor, syn_labels: torch.Tensor, classes: list[int],
-                 gen: torch.Generator, callback: Callback | None) -> torch.Tensor:
+    def _distill(self, access: RealAccess, memory: Memory, classes: list[int], gen: torch.Generator,
+                 callback: Callback | None) -> None:
         aug = DSA(self.dsa_strategy or default_strategy(self._meta.get("dataset", ""))) if self.dsa else None
-        syn = syn.detach().clone().requires_grad_(True)
         lr = self.lr_img if self.lr_img is not None else (self.dp_lr_img if access.private else self.default_lr_img)
-        opt = torch.optim.SGD([syn], lr=lr, momentum=self.momentum)
-        in_shape, num_classes = syn.shape[1:], access.real.num_classes
+        opt = self.optimizer(memory, lr, self.momentum)
+        in_shape, num_classes = memory.image_shape, access.real.num_classes
+        syn_labels = memory.hard_labels.to(self.device)
         # class label -> DSA parameter group (one siamese transformation per class)
         group = torch.zeros(num_classes, dtype=torch.long)
         group[torch.tensor(classes)] = torch.arange(len(classes))
@@ -90,6 +91,7 @@ class DistributionMatching(Distiller):
         fast = self.fast_embed and not access.private  # per-example contributions use the plain forward
 
         def match(net: torch.nn.Module, params: object, target: torch.Tensor, ref: torch.Tensor | None) -> None:
+            syn = memory()
             xs = aug(syn, params, syn_group) if aug else syn
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
                 emb_syn = net.embed(xs)
@@ -113,6 +115,7 @@ class DistributionMatching(Distiller):
                 ref = None
                 if access.centred:  # the synthetic mean embedding: a function of earlier releases only
                     with torch.no_grad():
+                        syn = memory()
                         ref = net.embed(aug(syn, params, syn_group) if aug else syn).mean(0)
 
                 def rows(x: torch.Tensor, y: torch.Tensor, net=net, params=params, ref=ref) -> torch.Tensor:
@@ -132,5 +135,4 @@ class DistributionMatching(Distiller):
                 net, params, target, ref = released[order[k]]
             match(net, params, target, ref)
             if callback is not None:
-                callback(it + 1, self.wrap(syn, syn_labels, num_classes))
-        return syn.detach()
+                callback(it + 1, self.wrap(memory, num_classes))

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from fedcl.distill.access import RealAccess
 from fedcl.distill.augment import DSA, default_strategy
 from fedcl.distill.base import Callback, Distiller, register_distiller
+from fedcl.distill.memory import Memory
 from fedcl.train import train_model
 from fedcl.utils import progress
 
@@ -94,17 +95,16 @@ class GradientMatching(Distiller):
         """Each class is read once per matching step: ``iterations * outer_loop``."""
         return int(self.iterations) * int(self.outer_loop or loops_for_ipc(ipc)[0])
 
-    def _distill(self, access: RealAccess, syn: torch.Tensor, syn_labels: torch.Tensor, classes: list[int],
-                 gen: torch.Generator, callback: Callback | None) -> torch.Tensor:
+    def _distill(self, access: RealAccess, memory: Memory, classes: list[int], gen: torch.Generator,
+                 callback: Callback | None) -> None:
         aug = DSA(self.dsa_strategy or default_strategy(self._meta.get("dataset", ""))) if self.dsa else None
-        ipc = syn.shape[0] // len(classes)
+        ipc = memory.per_class  # decoded images per class
         outer, inner = loops_for_ipc(ipc)
         outer = self.outer_loop or outer
         inner = self.inner_loop if self.inner_loop is not None else inner
         num_classes = access.real.num_classes
-        syn = syn.detach().clone().requires_grad_(True)
-        opt = torch.optim.SGD([syn], lr=self.lr_img, momentum=self.momentum)
-        in_shape = syn.shape[1:]
+        opt = self.optimizer(memory, self.lr_img, self.momentum)
+        in_shape = memory.image_shape
         for it in progress(range(self.iterations), desc=f"{access.prefix}{self.name} {self._meta.get('dataset', '')}",
                            enabled=self.progress):
             net = access.network(self.make_network(in_shape, num_classes), first=it == 0)
@@ -115,7 +115,9 @@ class GradientMatching(Distiller):
                 access.step()
                 for ci, c in enumerate(classes):
                     batch = access.batch([c])
-                    xs, ys = syn[ci * ipc:(ci + 1) * ipc], syn_labels[ci * ipc:(ci + 1) * ipc]
+                    # decoded per class: each class's backward frees its own graph
+                    rows = slice(ci * ipc, (ci + 1) * ipc)
+                    xs, ys = memory()[rows], memory.labels()[rows]
                     transform = None
                     if aug is not None:
                         p = aug.sample(1, gen)
@@ -129,12 +131,13 @@ class GradientMatching(Distiller):
                 if ol == outer - 1:
                     break
                 augment = (lambda xb: aug.random(xb, gen)) if aug is not None else None
-                train_model(net, syn.detach(), syn_labels, epochs=inner, lr=self.lr_net, momentum=0.0,
+                with torch.no_grad():
+                    syn, syn_labels = memory(), memory.labels()
+                train_model(net, syn, syn_labels, epochs=inner, lr=self.lr_net, momentum=0.0,
                             weight_decay=0.0, batch_size=self.batch_train, augment=augment, lr_decay=False,
                             generator=gen)
             if callback is not None:
-                callback(it + 1, self.wrap(syn, syn_labels, num_classes))
-        return syn.detach()
+                callback(it + 1, self.wrap(memory, num_classes))
 
 
 @register_distiller("dsa")

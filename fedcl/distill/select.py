@@ -13,6 +13,7 @@ import torch
 
 from fedcl.distill.access import RealAccess
 from fedcl.distill.base import Callback, ClassData, Distiller, register_distiller
+from fedcl.distill.memory import Memory
 from fedcl.errors import ConfigError
 from fedcl.train import train_model
 
@@ -51,6 +52,8 @@ def kcenter(features: torch.Tensor, k: int) -> torch.Tensor:
 class _Selection(Distiller):
     """Shared logic: embed the real images, pick ``ipc`` per class."""
 
+    synthesises = False
+
     def __init__(self, *, features: str = "trained", feature_epochs: int = 2, **kwargs: Any) -> None:
         if kwargs.get("init") not in (None, "real"):
             raise ConfigError(f"{type(self).__name__} selects real images; init must be 'real'")
@@ -74,23 +77,23 @@ class _Selection(Distiller):
         net.eval()
         return torch.cat([net.embed(real.images[i:i + 1024]) for i in range(0, real.images.shape[0], 1024)])
 
-    def _distill(self, access: RealAccess, syn: torch.Tensor, syn_labels: torch.Tensor, classes: list[int],
-                 gen: torch.Generator, callback: Callback | None) -> torch.Tensor:
+    def _distill(self, access: RealAccess, memory: Memory, classes: list[int], gen: torch.Generator,
+                 callback: Callback | None) -> None:
         # selection returns real images, so it reads the data itself (and can never be private)
         real = access.real
-        ipc = syn.shape[0] // len(classes)
+        ipc = memory.per_class
         feats = self._embed(real, gen)
         picks = [real.indices(c)[self.pick(feats[real.indices(c)], ipc)] for c in classes]
-        return real.images[torch.cat(picks).to(real.device)].clone()
+        memory.init_from_images(real.images[torch.cat(picks).to(real.device)])
 
 
 @register_distiller("random")
 class RandomSelection(_Selection):
     """``ipc`` real images per class drawn uniformly at random (the seed decides)."""
 
-    def _distill(self, access: RealAccess, syn: torch.Tensor, syn_labels: torch.Tensor, classes: list[int],
-                 gen: torch.Generator, callback: Callback | None) -> torch.Tensor:
-        return syn  # the base class already drew ipc random real images per class
+    def _distill(self, access: RealAccess, memory: Memory, classes: list[int], gen: torch.Generator,
+                 callback: Callback | None) -> None:
+        return None  # the base class already drew ipc random real images per class
 
 
 @register_distiller("herding")

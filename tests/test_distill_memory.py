@@ -1,0 +1,116 @@
+"""Parameterised memories (param=images|idc|haba) and learned soft labels, for every matching engine."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fedcl.distill import SyntheticSet, create_distiller
+from fedcl.distill.memory import create_memory, list_memories
+from fedcl.errors import ConfigError, DataError
+from fedcl.evaluate import evaluate_synthetic
+from fedcl.privacy import PrivacyConfig
+
+TINY = {"model_kwargs": {"width": 8}, "progress": False, "device": "cpu", "batch_real": 16}
+ITER = {"dm": {"iterations": 2}, "gm": {"iterations": 1, "outer_loop": 2, "inner_loop": 1},
+        "dsa": {"iterations": 1, "outer_loop": 2, "inner_loop": 1}}
+
+
+def test_every_memory_decodes_differentiably_within_its_budget() -> None:
+    images = torch.randn(3 * 2, 1, 8, 8)
+    for name, kw in {"images": {}, "idc": {"factor": 2}, "haba": {"hallucinators": 2, "hidden": 2}}.items():
+        memory = create_memory(name, [0, 3, 5], 2, (1, 8, 8), images, **kw)
+        decoded = memory()
+        assert decoded.shape == (3 * memory.per_class, 1, 8, 8)
+        assert memory.stored_numel() <= memory.budget_numel()
+        assert memory.hard_labels.tolist() == [c for c in (0, 3, 5) for _ in range(memory.per_class)]
+        decoded.sum().backward()
+        assert all(p.grad is not None for p in memory.image_parameters())
+    assert create_memory("idc", [0], 2, (1, 8, 8), factor=2).per_class == 8
+    assert sorted(list_memories()) == ["haba", "idc", "images"]
+
+
+def test_idc_tiles_upsample_to_the_stored_image_of_factor_one() -> None:
+    images = torch.randn(4, 3, 8, 8)
+    assert torch.equal(create_memory("idc", [0, 1], 2, (3, 8, 8), images, factor=1)(), images)
+    tiled = create_memory("idc", [0, 1], 2, (3, 8, 8), images, factor=2)
+    # a tile of a stored image decodes to an upsampled copy of that quarter
+    quarter = tiled.images[0:1, :, :4, :4]
+    up = torch.nn.functional.interpolate(quarter, size=(8, 8), mode="bilinear", align_corners=False)
+    assert torch.allclose(tiled()[0:1], up)
+
+
+@pytest.mark.parametrize("name, kw, match", [
+    ("pixels", {}, "unknown memory parameterisation"),
+    ("idc", {"factor": 3}, "factor=3 must be a positive integer that divides"),
+    ("idc", {"factor": 0}, "factor=0"),
+    ("haba", {"hallucinators": 40}, "raise ipc or lower"),
+    ("haba", {"colour": 1}, "bad param_kwargs"),
+])
+def test_bad_memories_are_refused(name: str, kw: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        create_memory(name, [0, 1], 1, (1, 8, 8), **kw)
+
+
+@pytest.mark.parametrize("method", sorted(ITER))
+@pytest.mark.parametrize("param, kw", [("idc", {"factor": 2}), ("haba", {"hallucinators": 2, "hidden": 2})])
+def test_engines_optimise_any_memory(method: str, param: str, kw: dict, digits, tmp_path) -> None:
+    engine = create_distiller(method, param=param, param_kwargs=kw, seed=1, **ITER[method], **TINY)
+    x, y = digits.train_images[:300], digits.train_labels[:300]
+    syn = engine.distill(x, y, 2, meta={"dataset": "digits"})
+    memory = syn.memory
+    assert memory is not None and syn.meta["memory"]["param"] == param
+    assert len(syn) == 10 * memory.per_class and syn.class_counts() == [memory.per_class] * 10
+    start = create_memory(param, list(range(10)), 2, (1, 8, 8), **kw)
+    assert start.per_class == memory.per_class
+    back = SyntheticSet.load(syn.save(tmp_path / "s.safetensors"))
+    assert torch.allclose(back.images, syn.images, atol=1e-6) and torch.equal(back.labels, syn.labels)
+    assert back.stored_bytes() == syn.stored_bytes() == 4 * memory.stored_numel()
+
+
+def test_a_dp_release_plans_the_steps_of_the_decoded_images(digits) -> None:
+    engine = create_distiller("gm", param="idc", param_kwargs={"factor": 2}, iterations=1, inner_loop=1, **TINY)
+    syn = engine.distill(digits.train_images, digits.train_labels, 3, privacy=PrivacyConfig(epsilon=4.0))
+    assert syn.meta["privacy"]["steps"] == 10  # 12 decoded images per class: the outer loop of ipc 10 (ipc 3: 1)
+
+
+def test_soft_labels_are_learned_by_gm_stored_and_used(digits, tmp_path) -> None:
+    kw = dict(iterations=2, outer_loop=2, inner_loop=1, soft_label_steps=5, lr_label=10.0, seed=2, **TINY)
+    engine = create_distiller("gm", soft_labels=True, **kw)
+    x, y = digits.train_images[:300], digits.train_labels[:300]
+    seen = []
+    syn = engine.distill(x, y, 1, callback=lambda it, s: seen.append(s.labels.clone()))
+    assert syn.soft and syn.labels.shape == (10, 10)
+    assert torch.allclose(syn.labels.sum(1), torch.ones(10), atol=1e-5)
+    assert not torch.allclose(seen[0], seen[-1])  # gm's loss moves them
+    assert syn.meta["memory"]["soft_labels"] and syn.memory.stored_numel() == 10 * 64 + 10 * 10
+    back = SyntheticSet.load(syn.save(tmp_path / "soft.safetensors"))
+    assert torch.allclose(back.labels, syn.labels)
+    res = evaluate_synthetic(syn, digits, n_models=1, epochs=2, device="cpu", model_kwargs={"width": 8})
+    assert 0.0 <= res.mean <= 1.0
+
+
+def test_soft_labels_refused_where_they_cannot_apply(digits) -> None:
+    with pytest.raises(ConfigError, match="selects real images"):
+        create_distiller("herding", soft_labels=True)
+    with pytest.raises(ConfigError, match="selects real images"):
+        create_distiller("random", param="idc")
+    engine = create_distiller("dm", soft_labels=True, iterations=1, **TINY)
+    with pytest.raises(ConfigError, match="soft_labels under DP"):
+        engine.distill(digits.train_images, digits.train_labels, 1, privacy=PrivacyConfig(epsilon=1.0))
+
+
+def test_version_one_files_still_load_and_bad_memories_are_refused(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"images": torch.zeros(2, 1, 4, 4), "labels": torch.tensor([0, 1])}, str(tmp_path / "v1.safetensors"),
+              metadata={"format": "fedcl.synthetic/1", "num_classes": "2", "meta": json.dumps({"method": "dm"})})
+    old = SyntheticSet.load(tmp_path / "v1.safetensors")
+    assert old.memory is None and old.labels.tolist() == [0, 1]
+    desc = create_memory("idc", [0, 1], 1, (1, 4, 4), factor=2).describe()
+    save_file({"memory.images": torch.zeros(2, 1, 6, 6)}, str(tmp_path / "bad.safetensors"),
+              metadata={"format": "fedcl.synthetic/2", "num_classes": "2", "meta": json.dumps({"memory": desc})})
+    with pytest.raises(DataError, match="has shape"):
+        SyntheticSet.load(tmp_path / "bad.safetensors")

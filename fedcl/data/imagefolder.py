@@ -13,6 +13,7 @@ Registered names: ``imagefolder`` (``data.root=DIR``) and ``cifar10_jpeg`` (``DI
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +31,10 @@ _SPLITS = ("train", "test")
 _LAYOUT = "DIR/train/<class>/*.png|jpg and DIR/test/<class>/*"
 
 
-def _visible(path: Path) -> list[Path]:
-    return sorted(p for p in path.iterdir() if not p.name.startswith("."))
+def _visible(path: Path) -> list[os.DirEntry[str]]:
+    # os.scandir, not Path.iterdir: a DirEntry knows file from folder without a stat (60,000 files)
+    with os.scandir(path) as it:
+        return sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
 
 
 def scan(root: Path) -> tuple[list[str], dict[str, list[tuple[Path, int]]]]:
@@ -44,20 +47,20 @@ def scan(root: Path) -> tuple[list[str], dict[str, list[tuple[Path, int]]]]:
         if not top.is_dir():
             raise DataError(f"image folder {root} has no {split}/ folder: expected {_LAYOUT}; set data.root=DIR")
         entries = _visible(top)
-        stray = [p for p in entries if not p.is_dir()]
+        stray = [e.path for e in entries if not e.is_dir()]
         if stray:
             raise DataError(f"{stray[0]} is a file where {split}/ holds one folder per class; move it into a class folder")
         if not entries:
             raise DataError(f"{top} has no class folders: put each class's images in {split}/<class>/")
         per_split[split] = {}
         for folder in entries:
-            files = _visible(folder)
+            files = _visible(Path(folder.path))
             for f in files:
-                if not f.is_file() or f.suffix.lower() not in IMAGE_SUFFIXES:
-                    raise DataError(f"{f} is not a PNG or JPEG image; class folders hold images only")
+                if not f.is_file() or not f.name.lower().endswith(IMAGE_SUFFIXES):
+                    raise DataError(f"{f.path} is not a PNG or JPEG image; class folders hold images only")
             if not files:
-                raise DataError(f"class folder {folder} holds no images")
-            per_split[split][folder.name] = files
+                raise DataError(f"class folder {folder.path} holds no images")
+            per_split[split][folder.name] = [Path(f.path) for f in files]
     train, test = set(per_split["train"]), set(per_split["test"])
     if train != test:
         raise DataError(f"classes differ between train/ and test/ of {root}: only in train: "
@@ -70,10 +73,11 @@ def scan(root: Path) -> tuple[list[str], dict[str, list[tuple[Path, int]]]]:
 def cache_key(root: Path, files: dict[str, list[tuple[Path, int]]], image_size: int | None) -> str:
     """A hash of the sorted file list with sizes and mtimes, and of ``image_size``."""
     h = hashlib.sha256(f"imagefolder v1 image_size={image_size}\n".encode())
+    skip = len(str(root)) + 1
     for split in _SPLITS:
         for f, _ in files[split]:
-            st = f.stat()
-            h.update(f"{f.relative_to(root).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+            st = os.stat(f)
+            h.update(f"{str(f)[skip:]}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:24]
 
 

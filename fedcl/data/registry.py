@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,8 @@ def _resize(data: ImageData, size: int) -> ImageData:
                                                   align_corners=False) for c in x.split(8192)]
         return torch.cat(chunks).contiguous()
 
-    data.train_images, data.test_images, data.val_images = go(data.train_images), go(data.test_images), go(data.val_images)
-    return data
+    return replace(data, train_images=go(data.train_images), test_images=go(data.test_images),
+                   val_images=go(data.val_images))
 
 
 def load_dataset(name: str, root: str | os.PathLike[str] | None = None, *, download: bool = False,

@@ -242,3 +242,11 @@ def test_fashion_mnist_from_shared_data() -> None:
     assert data.train_images.shape[0] == 60000 and data.test_images.shape[0] == 10000
     assert data.class_counts() == [6000] * 10 and data.class_names[0] == "T-shirt/top"
     assert abs(float(data.train_images.mean())) < 0.01 and abs(float(data.train_images.std()) - 1) < 0.01
+
+
+def test_continual_benchmarks_take_the_data_options(digits: ImageData) -> None:
+    from fedcl.continual import make_benchmark
+
+    bench = make_benchmark("split_digits", image_size=16, val_fraction=0.1)
+    assert bench.in_shape == (1, 16, 16) and bench.data.val_images is not None
+    assert bench.data.train_images.shape[0] < digits.train_images.shape[0]

@@ -13,7 +13,7 @@ import torch
 
 from fedcl import __version__
 from fedcl.config import DataConfig, DistillConfig, EvalConfig, load_config
-from fedcl.data import DATASETS, ImageData, load_dataset
+from fedcl.data import DATASETS, ImageData, check_eval_split, load_dataset_from_config
 from fedcl.distill import DISTILLERS, SyntheticSet, create_distiller
 from fedcl.evaluate import evaluate_synthetic
 from fedcl.models import MODELS
@@ -43,7 +43,7 @@ def engine_options(cfg: DistillConfig) -> dict[str, Any]:
 def run_distill(cfg: DistillConfig, folder: Path, data: ImageData | None = None) -> dict[str, Any]:
     """Distill, save, draw and evaluate into ``folder``; return the metrics written."""
     seed_everything(cfg.seed)
-    data = data or load_dataset(cfg.dataset, cfg.data.root, download=cfg.data.download)
+    data = data or load_dataset_from_config(cfg.dataset, cfg.data)
     distiller = create_distiller(cfg.method, **engine_options(cfg))
     privacy = cfg.privacy if cfg.privacy.enabled else None
     meta = {"dataset": data.name, "mean": list(data.mean), "std": list(data.std)}
@@ -51,14 +51,15 @@ def run_distill(cfg: DistillConfig, folder: Path, data: ImageData | None = None)
                             privacy=privacy, meta=meta)
     syn.save(folder / "synthetic.safetensors")
     save_grid(syn, folder / "grid.png")
-    result = evaluate_synthetic(syn, data, model=cfg.model, n_models=cfg.eval.models, epochs=cfg.eval.epochs,
+    result = evaluate_synthetic(syn, data.for_evaluation(cfg.eval.split), model=cfg.model,
+                                n_models=cfg.eval.models, epochs=cfg.eval.epochs,
                                 lr=cfg.eval.lr, batch_size=cfg.eval.batch_size, dsa=cfg.eval.dsa, seed=cfg.seed,
                                 device=cfg.device, model_kwargs=dict(cfg.model_kwargs) or None)
     metrics = {
         "dataset": data.name, "method": cfg.method, "ipc": cfg.ipc, "model": cfg.model, "seed": cfg.seed,
         "iterations": distiller.iterations, "seconds_per_iteration": distiller.stats.get("seconds_per_iteration"),
         "distill_seconds": distiller.stats.get("distill_seconds"), "device": str(resolve_device(cfg.device)),
-        "num_images": len(syn), "test_accuracy": result.as_dict(), "privacy": syn.meta.get("privacy"),
+        "num_images": len(syn), f"{cfg.eval.split}_accuracy": result.as_dict(), "privacy": syn.meta.get("privacy"),
         "versions": versions(),
     }
     write_json(folder / "metrics.json", metrics)
@@ -70,19 +71,20 @@ def _check_names(cfg: DistillConfig) -> None:
     DATASETS.get(cfg.dataset)
     DISTILLERS.get(cfg.method)
     MODELS.get(cfg.model)
+    check_eval_split(cfg.eval.split, cfg.data.val_fraction)
 
 
 def distill_main(argv: list[str]) -> int:
     """``fedcl distill [CONFIG.yaml] [key=value ...]``."""
     cfg = load_config(DistillConfig, argv)
     _check_names(cfg)
-    data = load_dataset(cfg.dataset, cfg.data.root, download=cfg.data.download)
+    data = load_dataset_from_config(cfg.dataset, cfg.data)
     with run_folder(cfg.out, f"distill-{cfg.dataset}-{cfg.method}-ipc{cfg.ipc}") as tmp:
         save_config(tmp, cfg)
         m = run_distill(cfg, tmp, data)
-    acc = m["test_accuracy"]
-    print(f"{cfg.method} on {cfg.dataset}, ipc {cfg.ipc}: test accuracy {acc['mean']:.4f} ± {acc['std']:.4f} "
-          f"({acc['n_models']} models); {m['distill_seconds']:.1f} s distilling -> {final_path(tmp)}")
+    acc = m[f"{cfg.eval.split}_accuracy"]
+    print(f"{cfg.method} on {cfg.dataset}, ipc {cfg.ipc}: {cfg.eval.split} accuracy {acc['mean']:.4f} "
+          f"± {acc['std']:.4f} ({acc['n_models']} models); {m['distill_seconds']:.1f} s distilling -> {final_path(tmp)}")
     return 0
 
 
@@ -109,13 +111,14 @@ def evaluate_main(argv: list[str]) -> int:
     cfg = load_config(EvaluateConfig, overrides=overrides)
     for name in cfg.models:
         MODELS.get(name)
+    check_eval_split(cfg.eval.split, cfg.data.val_fraction)
     syn = SyntheticSet.load(args.path)
     dataset = cfg.dataset or syn.meta.get("dataset")
     if not dataset:
         from fedcl.errors import ConfigError
 
         raise ConfigError(f"{args.path} records no dataset; pass dataset=NAME")
-    data = load_dataset(dataset, cfg.data.root, download=cfg.data.download)
+    data = load_dataset_from_config(dataset, cfg.data).for_evaluation(cfg.eval.split)
     rows, results = [], {}
     for name in cfg.models:
         r = evaluate_synthetic(syn, data, model=name, n_models=cfg.eval.models, epochs=cfg.eval.epochs,
@@ -123,7 +126,7 @@ def evaluate_main(argv: list[str]) -> int:
                                device=cfg.device)
         results[name] = r.as_dict()
         rows.append([name, f"{r.mean:.4f} ± {r.std:.4f}", len(r.accuracies)])
-    table = markdown_table(["model", "test accuracy", "models"], rows)
+    table = markdown_table(["model", f"{cfg.eval.split} accuracy", "models"], rows)
     print(f"{syn.meta.get('method', '?')} set ({len(syn)} images) on {dataset}:\n{table}")
     if cfg.out:
         with run_folder(cfg.out, "evaluate") as tmp:

@@ -26,21 +26,31 @@ T = TypeVar("T")
 
 @dataclass
 class DataConfig:
-    """Where datasets live: ``root`` (else ``$FEDCL_DATA``, else ``./data``); ``download`` needs internet."""
+    """Where datasets live: ``root`` (else ``$FEDCL_DATA``, else ``./data``); ``download`` needs internet.
+
+    ``image_size`` resizes every image to N x N (None keeps the size); ``val_fraction`` carves a
+    stratified validation split (seed 0, the same for every command) out of the training data.
+    """
 
     root: str | None = None
     download: bool = False
+    image_size: int | None = None
+    val_fraction: float = 0.0
 
 
 @dataclass
 class EvalConfig:
-    """The evaluation protocol: ``models`` fresh networks trained ``epochs`` on the synthetic set."""
+    """The evaluation protocol: ``models`` fresh networks trained ``epochs`` on the synthetic set.
+
+    ``split`` is where accuracy is measured: ``test``, or ``val`` (needs ``data.val_fraction > 0``).
+    """
 
     models: int = 5
     epochs: int = 300
     lr: float = 0.01
     batch_size: int = 256
     dsa: bool = True
+    split: str = "test"
 
 
 @dataclass

@@ -90,7 +90,7 @@ def test_console_script_exits_nonzero_without_traceback(tmp_path) -> None:
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["fedcl: error: unknown dataset 'nope'; valid: cifar10, cifar100, "
-                                                "digits, fashion_mnist, mnist, svhn"]
+                                                "cifar10_jpeg, digits, fashion_mnist, imagefolder, mnist, svhn"]
 
 
 @pytest.mark.parametrize(("command", "args", "message"), [

@@ -61,14 +61,18 @@ def list_benchmarks() -> list[str]:
     return BENCHMARKS.names()
 
 
-def make_benchmark(name: str, *, root: str | None = None, seed: int = 0, n_experiences: int | None = None) -> Benchmark:
+def make_benchmark(name: str, *, root: str | None = None, seed: int = 0, n_experiences: int | None = None,
+                   **data_options: Any) -> Benchmark:
     """Build a registered benchmark (``split_digits``, ``split_mnist``, ``permuted_mnist`` ...).
+
+    ``data_options`` (``image_size``, ``val_fraction``) go to :func:`fedcl.data.load_dataset`.
 
     Raises:
         ConfigError: unknown name.
         DataError: the dataset files are missing under ``root``.
     """
-    return BENCHMARKS.get(name)(root, seed, n_experiences)
+    options = {k: v for k, v in data_options.items() if v}  # only what is set: other factories take none
+    return BENCHMARKS.get(name)(root, seed, n_experiences, **options)
 
 
 def _tensor_dataset(x: torch.Tensor, y: torch.Tensor) -> Any:
@@ -76,8 +80,8 @@ def _tensor_dataset(x: torch.Tensor, y: torch.Tensor) -> Any:
 
 
 def _split(dataset: str, name: str, default_exps: int) -> Factory:
-    def build(root: str | None, seed: int, n_experiences: int | None) -> Benchmark:
-        data = load_dataset(dataset, root)
+    def build(root: str | None, seed: int, n_experiences: int | None, **options: Any) -> Benchmark:
+        data = load_dataset(dataset, root, **options)
         scenario = nc_benchmark(_tensor_dataset(data.train_images, data.train_labels),
                                 _tensor_dataset(data.test_images, data.test_labels),
                                 n_experiences=n_experiences or default_exps, task_labels=False, seed=seed)
@@ -88,8 +92,8 @@ def _split(dataset: str, name: str, default_exps: int) -> Factory:
 
 
 def _permuted(dataset: str, name: str, default_exps: int) -> Factory:
-    def build(root: str | None, seed: int, n_experiences: int | None) -> Benchmark:
-        data = load_dataset(dataset, root)
+    def build(root: str | None, seed: int, n_experiences: int | None, **options: Any) -> Benchmark:
+        data = load_dataset(dataset, root, **options)
         gen = torch.Generator().manual_seed(seed)
         n_pix = int(torch.tensor(data.image_shape).prod())
         train, test = [], []

@@ -46,7 +46,8 @@ def run(cfg: ContinualConfig, log: Any = print) -> dict[str, Any]:
     validate(cfg)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    benches = {seed: make_benchmark(cfg.benchmark, root=cfg.data.root, seed=seed, n_experiences=cfg.n_experiences)
+    benches = {seed: make_benchmark(cfg.benchmark, root=cfg.data.root, seed=seed, n_experiences=cfg.n_experiences,
+                                    image_size=cfg.data.image_size, val_fraction=cfg.data.val_fraction)
                for seed in cfg.seeds}  # DataError here, before any training
     num_classes = next(iter(benches.values())).num_classes
     if cfg.mem_size < num_classes:

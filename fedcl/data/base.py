@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -23,6 +23,9 @@ class ImageData:
         mean: per-channel mean used for normalisation.
         std: per-channel std used for normalisation.
         class_names: readable class names.
+        val_images: a validation split carved from the training data (``data.val_fraction``),
+            same normalisation; None when there is none. ``train_images`` then exclude it.
+        val_labels: int64 labels of ``val_images``.
     """
 
     name: str
@@ -34,6 +37,8 @@ class ImageData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     class_names: list[str] = field(default_factory=list)
+    val_images: torch.Tensor | None = None
+    val_labels: torch.Tensor | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -52,7 +57,7 @@ class ImageData:
         return (images * std + mean).clamp(0, 1)
 
     def subset(self, indices: torch.Tensor, name: str | None = None) -> ImageData:
-        """A dataset with the given training indices and the same test set."""
+        """A dataset with the given training indices and the same test (and validation) set."""
         return ImageData(
             name=name or self.name,
             train_images=self.train_images[indices],
@@ -63,4 +68,22 @@ class ImageData:
             mean=self.mean,
             std=self.std,
             class_names=list(self.class_names),
+            val_images=self.val_images,
+            val_labels=self.val_labels,
         )
+
+    def for_evaluation(self, split: str = "test") -> ImageData:
+        """This dataset with ``split`` (``test`` or ``val``) in the place of the test set.
+
+        Evaluation code reads ``test_images``; ``for_evaluation("val")`` lets it measure on the
+        validation split instead (to choose settings) without a second code path.
+
+        Raises:
+            ConfigError: ``split`` is neither, or ``val`` without a validation split.
+        """
+        from fedcl.data.split import check_eval_split
+
+        check_eval_split(split, 0.0 if self.val_images is None else 1.0)
+        if split == "test":
+            return self
+        return replace(self, test_images=self.val_images, test_labels=self.val_labels)

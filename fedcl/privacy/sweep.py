@@ -159,14 +159,14 @@ def _release(cfg: SweepConfig, method: str, eps: float | None, seed: int, data: 
 
 def run_sweep(cfg: SweepConfig, folder: Path, log: Any = print) -> dict[str, Any]:
     """Run the sweep into ``folder``; returns the metrics dict (also written as metrics.json)."""
-    from fedcl.data import load_dataset
+    from fedcl.data import load_dataset_from_config
     from fedcl.privacy.report import write_outputs
     from fedcl.utils import resolve_device
 
     _validate(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    data = load_dataset(cfg.dataset, cfg.data.root, download=cfg.data.download)
+    data = load_dataset_from_config(cfg.dataset, cfg.data).for_evaluation(cfg.eval.split)  # split=val: held-out val
     _validate(cfg, len(data.train_labels))  # delta < 1/N needs N
     dev = resolve_device(cfg.device)
     t_start = time.perf_counter()

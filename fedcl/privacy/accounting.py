@@ -137,6 +137,10 @@ def validate_privacy(privacy: PrivacyConfig, num_examples: int | None = None) ->
             dataset without ``subspace`` or not registered, ``public_fill`` outside (0, 1].
     """
     _positive("epsilon", privacy.epsilon)
+    _positive("budget", privacy.budget)  # the owner's cap over all its releases
+    if privacy.budget is not None and privacy.epsilon is not None and privacy.budget < privacy.epsilon:
+        raise PrivacyError(f"privacy.budget={privacy.budget} is below privacy.epsilon={privacy.epsilon}, the target of "
+                           "one release, so no release fits; use budget >= epsilon (or leave budget unset: no cap)")
     if privacy.epsilon is not None and privacy.noise_multiplier is not None:
         raise PrivacyError("set privacy.epsilon or privacy.noise_multiplier, not both "
                            f"(got {privacy.epsilon} and {privacy.noise_multiplier})")

@@ -31,6 +31,7 @@ accountant cannot compose different mechanisms and is not accepted by the ledger
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -144,7 +145,13 @@ def touch_signatures(records: Sequence[Records | None]) -> set[frozenset[int]]:
 
 def compose_epsilon(history: Sequence[Entry], delta: float, accountant: str = "rdp") -> float:
     """Epsilon of a sequence of releases on the same records: one Opacus accountant over the history."""
-    history = [h for h in history if h[2] > 0]
+    entries = tuple(sorted((float(nm), float(q), int(steps)) for nm, q, steps in history if int(steps) > 0))
+    return _compose(entries, float(delta), accountant)
+
+
+@functools.lru_cache(maxsize=4096)
+def _compose(history: tuple[Entry, ...], delta: float, accountant: str) -> float:
+    # cached: composition is order-free, and a ledger asks for the same histories again and again
     if not history:
         return 0.0
     if any(nm == 0 for nm, _, _ in history):

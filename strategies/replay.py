@@ -17,13 +17,21 @@ synthetic images into the smaller share with the same engine; it reads no real d
 under DP it is post-processing and costs no privacy).
 
 Privacy: with an enabled :class:`~fedcl.privacy.config.PrivacyConfig`, each experience's
-distillation is DP. Experiences hold disjoint data, so the stream's guarantee is the
-*maximum* of the per-experience epsilons (parallel composition), not their sum.
+distillation is one DP release (``privacy.epsilon`` is its target). All releases go to ONE
+:class:`~fedcl.privacy.ledger.PrivacyLedger` for the stream's owner, each with the records it
+read: the experience dataset's ``record_ids`` data attribute (fedcl benchmarks set it: the
+indices of the source training images), or, without it, all of the owner's data. The
+ledger composes releases on the same records sequentially and on disjoint records in
+parallel, so a split stream costs the largest release and a permuted stream (the same
+images in every experience) the composition of all of them. ``privacy.budget`` caps that
+total: the release that would exceed it is refused with a PrivacyError, planned from the
+experience's class counts before any of its images is read.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import time
 from typing import Any
 
@@ -37,10 +45,12 @@ from torch.utils.data import DataLoader
 from fedcl.distill import create_distiller, list_distillers
 from fedcl.errors import ConfigError
 from fedcl.privacy.config import PrivacyConfig
+from fedcl.privacy.ledger import PrivacyLedger, Records
 
 __all__ = ["DistilledBuffer", "DistilledGDumbPlugin", "DistilledReplay", "class_shares"]
 
 SHRINK_RULES = ("subsample", "redistill")
+RECORD_IDS = "record_ids"  # the experience datasets' data attribute of source indices (fedcl.continual.benchmarks)
 
 
 def class_shares(max_size: int, seen: list[int], new: list[int]) -> dict[int, int]:
@@ -84,18 +94,24 @@ class DistilledBuffer(ExemplarsBuffer):
         shrink: how old classes shrink to a smaller share: ``subsample`` or ``redistill``.
         meta: dataset facts passed to the engine (``dataset``, ``mean``, ``std``).
         seed: base seed; experience ``i`` distills with ``seed + i``.
-        ledger: with ``privacy``, keep a :class:`~fedcl.privacy.ledger.PrivacyLedger` per experience
-            (default True): each experience's release is recorded in its own ledger with budget
-            ``privacy.epsilon``; :meth:`stream_epsilon` is their maximum (parallel composition).
+        owner: the stream's data owner, named in its ledger and in budget errors.
+        records_domain: what an experience's ``record_ids`` index (default ``<meta["dataset"]>/train``).
 
     Attributes:
         distill_seconds: wall seconds spent distilling each experience, in order.
         privacy_spent: the privacy metadata each experience's distillation reported.
+        ledger: with ``privacy``, the stream owner's :class:`~fedcl.privacy.ledger.PrivacyLedger`
+            (budget ``privacy.budget``); every experience's release is recorded there.
+
+    Raises:
+        ConfigError: bad ``max_size``, ``method``, engine options or ``shrink``.
+        PrivacyError: an invalid privacy block (e.g. ``budget`` below ``epsilon``, the ``gdp`` accountant).
     """
 
     def __init__(self, max_size: int, *, method: str = "dm", distiller_kwargs: dict[str, Any] | None = None,
                  num_classes: int | None = None, privacy: PrivacyConfig | None = None, shrink: str = "subsample",
-                 meta: dict[str, Any] | None = None, seed: int = 0, ledger: bool = True) -> None:
+                 meta: dict[str, Any] | None = None, seed: int = 0, owner: str = "stream",
+                 records_domain: str | None = None) -> None:
         super().__init__(max_size)
         if int(max_size) < 1:
             raise ConfigError(f"max_size must be at least 1, got {max_size}")
@@ -111,8 +127,13 @@ class DistilledBuffer(ExemplarsBuffer):
         self.shrink = shrink
         self.meta = dict(meta or {})
         self.seed = int(seed)
-        self.ledger = bool(ledger)
-        self.ledgers: list[Any] = []  # one PrivacyLedger per experience (disjoint data)
+        self.records_domain = records_domain or f"{self.meta.get('dataset') or 'stream'}/train"
+        self.ledger: PrivacyLedger | None = None
+        if privacy is not None and privacy.enabled:
+            from fedcl.privacy.accounting import validate_privacy
+
+            validate_privacy(privacy)
+            self.ledger = PrivacyLedger(privacy.budget, privacy.delta, privacy.accountant, owner=owner)
         self.classes: list[int] = []
         self.memory: dict[int, torch.Tensor] = {}
         self.tasks: dict[int, int] = {}
@@ -123,9 +144,18 @@ class DistilledBuffer(ExemplarsBuffer):
 
     # ---- Avalanche interface -------------------------------------------------------------
     def post_adapt(self, agent_state: Any, exp: Any) -> None:
-        """Distill ``exp``'s data into the memory (called by ``ReplayPlugin.after_training_exp``)."""
+        """Distill ``exp``'s data into the memory (called by ``ReplayPlugin.after_training_exp``).
+
+        Under DP the release is planned from the experience's labels and checked against the
+        budget before any image is read.
+        """
+        ids = getattr(exp.dataset, RECORD_IDS, None)
+        records = Records.from_ids(self.records_domain, list(ids)) if ids is not None else None
+        targets = getattr(exp.dataset, "targets", None)
+        if targets is not None:  # the labels (public facts) suffice to plan the release: check before reading images
+            self.check_release(torch.as_tensor(list(targets), dtype=torch.long), records)
         x, y, t = _collect(exp.dataset)
-        self.update_from_tensors(x, y, t)
+        self._distill_experience(x, y, t, records, checked=targets is not None)
 
     def update(self, strategy: Any, **kwargs: Any) -> None:
         """What the stock ``ReplayPlugin`` calls after each experience (Avalanche 0.6's name for ``post_adapt``)."""
@@ -139,25 +169,35 @@ class DistilledBuffer(ExemplarsBuffer):
             self._apply_shares(class_shares(self.max_size, self.classes, []))
 
     # ---- the work ------------------------------------------------------------------------
-    def update_from_tensors(self, x: torch.Tensor, y: torch.Tensor, task: torch.Tensor | None = None) -> None:
+    def update_from_tensors(self, x: torch.Tensor, y: torch.Tensor, task: torch.Tensor | None = None, *,
+                            records: Records | None = None) -> None:
         """Distill a batch of new data (one experience) into the memory.
 
         Classes already in memory are re-distilled from the new data only if the experience
         brings them back (e.g. a domain-incremental stream); they then take the new images.
+        ``records`` are what the experience holds (None: all of the owner's data); under DP
+        the release is checked against the budget first and recorded in :attr:`ledger`.
+
+        Raises:
+            ConfigError: the memory cannot hold one image per class seen.
+            PrivacyError: the release would take the owner's total over ``privacy.budget``
+                (nothing is distilled, the memory and ledger are unchanged).
         """
-        new = sorted(int(c) for c in torch.unique(y))
-        seen = self.classes + [c for c in new if c not in self.classes]
-        self._check_size(len(seen))
-        shares = class_shares(self.max_size, seen, new)
-        num_classes = self.num_classes or max(seen) + 1
+        self._distill_experience(x, y, task, records, checked=False)
+
+    def _distill_experience(self, x: torch.Tensor, y: torch.Tensor, task: torch.Tensor | None,
+                            records: Records | None, checked: bool) -> None:
+        seen, new, shares, num_classes, ipc = self._layout(y)
+        if not checked:
+            self.check_release(y, records)
         self._dtype = x.dtype
-        ipc = max(shares[c] for c in new)
-        smallest = int(torch.bincount(y, minlength=num_classes)[new].min())
         distiller = create_distiller(self.method, **{**self.distiller_kwargs, "seed": self.seed + self.experiences})
         t0 = time.perf_counter()
-        syn = distiller.distill(x.float(), y, min(ipc, smallest), num_classes=num_classes, privacy=self.privacy,
-                                meta=self.meta)
-        self._record_privacy(syn.meta.get("privacy"))
+        syn = distiller.distill(x.float(), y, ipc, num_classes=num_classes, privacy=self.privacy, meta=self.meta)
+        spent = syn.meta.get("privacy")
+        if self.ledger is not None and spent is not None:
+            self.ledger.record(spent, name=f"experience {self.experiences} memory", records=records)
+        self.privacy_spent.append(spent)
         for c in new:
             self.memory[c] = syn.images[syn.labels == c].to(x.dtype)
             self.tasks[c] = int(task[y == c][0]) if task is not None else 0
@@ -165,6 +205,36 @@ class DistilledBuffer(ExemplarsBuffer):
         self.experiences += 1
         self._apply_shares(shares)
         self.distill_seconds.append(time.perf_counter() - t0)  # includes re-distilling old classes (shrink)
+
+    def check_release(self, labels: torch.Tensor, records: Records | None = None) -> float | None:
+        """Plan this experience's DP release from its labels alone and check it against the budget.
+
+        Returns:
+            The owner's total epsilon if the release were made (None without DP).
+
+        Raises:
+            ConfigError: the memory cannot hold one image per class seen.
+            PrivacyError: the release would exceed ``privacy.budget``; nothing is recorded.
+        """
+        _, new, _, num_classes, ipc = self._layout(labels)
+        distiller = create_distiller(self.method, **{**self.distiller_kwargs, "seed": self.seed + self.experiences})
+        if self.ledger is None or self.privacy is None or not distiller.supports_privacy:
+            return None  # no DP, or an engine that refuses DP itself when asked to distill
+        from fedcl.privacy.access import plan_release
+
+        counts = torch.bincount(labels.cpu(), minlength=num_classes)[new].tolist()
+        params = plan_release(distiller, counts, ipc, self.privacy)
+        return self.ledger.check(params, name=f"experience {self.experiences} memory", records=records)
+
+    def _layout(self, y: torch.Tensor) -> tuple[list[int], list[int], dict[int, int], int, int]:
+        """Classes seen and new, their shares, the number of classes and the ipc to distill, from labels only."""
+        new = sorted(int(c) for c in torch.unique(y))
+        seen = self.classes + [c for c in new if c not in self.classes]
+        self._check_size(len(seen))
+        shares = class_shares(self.max_size, seen, new)
+        num_classes = self.num_classes or max(seen) + 1
+        smallest = int(torch.bincount(y.cpu(), minlength=num_classes)[new].min())
+        return seen, new, shares, num_classes, min(max(shares[c] for c in new), smallest)
 
     def _check_size(self, n_classes: int) -> None:
         if self.max_size < n_classes:
@@ -187,19 +257,9 @@ class DistilledBuffer(ExemplarsBuffer):
                 self.memory[c] = syn.images.to(images.dtype)
         self._rebuild()
 
-    def _record_privacy(self, spent: Any) -> None:
-        self.privacy_spent.append(spent)
-        if self.ledger and spent is not None and self.privacy is not None and self.privacy.epsilon is not None:
-            from fedcl.privacy.ledger import PrivacyLedger
-
-            # experiences hold disjoint data: each is its own owner, composed in parallel (max), not summed
-            ledger = PrivacyLedger(self.privacy.epsilon, self.privacy.delta, owner=f"experience-{self.experiences}")
-            ledger.record(spent, name=f"experience {self.experiences} memory")
-            self.ledgers.append(ledger)
-
     def stream_epsilon(self) -> float | None:
-        """The stream's epsilon: the maximum over experiences (disjoint data, parallel composition)."""
-        return max(ledger.spent() for ledger in self.ledgers) if self.ledgers else None
+        """The stream owner's total epsilon, composed by :attr:`ledger` from the records each release read."""
+        return self.ledger.spent() if self.ledger is not None and self.ledger.releases else None
 
     def _rebuild(self) -> None:
         xs = [self.memory[c] for c in self.classes]
@@ -222,15 +282,36 @@ class DistilledBuffer(ExemplarsBuffer):
         return x, y
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Tensors only (safe to save with safetensors; no pickle needed to restore)."""
+        """Tensors only (safe to save with safetensors; no pickle needed to restore).
+
+        The ledger and the per-experience privacy records travel as JSON bytes (``privacy``, uint8).
+        """
         x, y = self.tensors()
+        privacy = {"ledger": self.ledger.to_dict() if self.ledger is not None else None,
+                   "privacy_spent": self.privacy_spent}
         return {"images": x.contiguous(), "labels": y, "classes": torch.tensor(self.classes, dtype=torch.long),
                 "tasks": torch.tensor([self.tasks[c] for c in self.classes], dtype=torch.long),
                 "max_size": torch.tensor(self.max_size), "experiences": torch.tensor(self.experiences),
-                "distill_seconds": torch.tensor(self.distill_seconds, dtype=torch.float64)}
+                "distill_seconds": torch.tensor(self.distill_seconds, dtype=torch.float64),
+                "privacy": torch.tensor(list(json.dumps(privacy).encode()), dtype=torch.uint8)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore a memory written by :meth:`state_dict`."""
+        """Restore a memory written by :meth:`state_dict` (states without ``privacy`` load without a ledger).
+
+        The restored ledger keeps every recorded release; a buffer built with a privacy block
+        states it at that block's budget, delta and accountant (the cap in force is the current one).
+
+        Raises:
+            PrivacyError: the ``privacy`` entry is not a ledger state.
+        """
+        if "privacy" in state:
+            privacy = json.loads(bytes(state["privacy"].to(torch.uint8).tolist()).decode())
+            saved = PrivacyLedger.from_dict(privacy["ledger"]) if privacy.get("ledger") else None
+            if saved is not None and self.ledger is not None:
+                self.ledger.releases = saved.releases
+            elif saved is not None:
+                self.ledger = saved
+            self.privacy_spent = list(privacy.get("privacy_spent", []))
         self.max_size = int(state["max_size"])
         self.experiences = int(state["experiences"])
         self.classes = [int(c) for c in state["classes"]]
@@ -310,7 +391,8 @@ class DistilledReplay(SupervisedTemplate):
         num_classes: classes of the whole stream.
         meta: dataset facts for the engine (``dataset``, ``mean``, ``std``).
         seed: drives the distillation.
-        ledger: keep a privacy ledger per experience (see :class:`DistilledBuffer`).
+        owner: the stream's data owner (see :class:`DistilledBuffer`).
+        records_domain: what the experiences' ``record_ids`` index (see :class:`DistilledBuffer`).
         plugins: further plugins, passed through.
         **base_kwargs: everything else ``SupervisedTemplate`` takes (train_mb_size, train_epochs,
             eval_mb_size, device, evaluator, eval_every ...).
@@ -321,11 +403,12 @@ class DistilledReplay(SupervisedTemplate):
                  privacy: PrivacyConfig | None = None, shrink: str = "subsample", gdumb: bool = False,
                  gdumb_epochs: int = 300, gdumb_lr: float = 0.01,
                  gdumb_dsa: bool = True, num_classes: int | None = None, meta: dict[str, Any] | None = None,
-                 seed: int = 0, ledger: bool = True, plugins: list[SupervisedPlugin] | None = None,
+                 seed: int = 0, owner: str = "stream", records_domain: str | None = None,
+                 plugins: list[SupervisedPlugin] | None = None,
                  **base_kwargs: Any) -> None:
         self.storage_policy = DistilledBuffer(mem_size, method=method, distiller_kwargs=distiller_kwargs,
                                               num_classes=num_classes, privacy=privacy, shrink=shrink, meta=meta,
-                                              seed=seed, ledger=ledger)
+                                              seed=seed, owner=owner, records_domain=records_domain)
         plugin: SupervisedPlugin
         if gdumb:
             plugin = DistilledGDumbPlugin(self.storage_policy, epochs=gdumb_epochs, lr=gdumb_lr, dsa=gdumb_dsa)

@@ -119,17 +119,3 @@ def test_distilled_replay_gdumb_trains_fresh_model_on_memory(bench):
     with torch.no_grad():
         acc = (strategy.model(x).argmax(1) == y).float().mean().item()
     assert acc >= 0.8  # it fits the 10 memory images of the 4 classes seen
-
-
-@pytest.mark.slow
-def test_dp_memory_is_charged_per_experience_and_composed_in_parallel(bench):
-    from fedcl.privacy.config import PrivacyConfig
-
-    buf = DistilledBuffer(8, distiller_kwargs=TINY, num_classes=10, meta=bench.meta,
-                          privacy=PrivacyConfig(epsilon=4.0))
-    for exp in list(bench.scenario.train_stream)[:2]:
-        buf.post_adapt(None, exp)
-    assert len(buf.ledgers) == 2 and all(p is not None for p in buf.privacy_spent)
-    eps = [lg.spent() for lg in buf.ledgers]
-    assert all(0 < e <= 4.0 + 1e-6 for e in eps)
-    assert buf.stream_epsilon() == pytest.approx(max(eps))  # not the sum: disjoint data

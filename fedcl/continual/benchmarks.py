@@ -3,6 +3,12 @@
 Every benchmark is a registered function ``fn(data_root, seed, n_experiences) -> Benchmark``;
 the class order (split benchmarks) or the permutations (permuted) are fixed by ``seed``.
 Missing files raise :class:`~fedcl.errors.DataError` before anything trains.
+
+Every training example carries its index in the source dataset's training tensors as the
+Avalanche data attribute :data:`RECORD_IDS` (``exp.dataset.record_ids``), so a DP memory
+knows which records each experience's release reads (:attr:`Benchmark.records_domain`
+names them): split benchmarks hold disjoint records, permuted ones the same records in
+every experience.
 """
 
 from __future__ import annotations
@@ -18,7 +24,11 @@ from avalanche.benchmarks.utils.classification_dataset import _make_taskaware_te
 from fedcl.data import ImageData, load_dataset
 from fedcl.registry import Registry
 
-__all__ = ["BENCHMARKS", "Benchmark", "list_benchmarks", "make_benchmark", "register_benchmark"]
+__all__ = ["BENCHMARKS", "RECORD_IDS", "Benchmark", "list_benchmarks", "make_benchmark", "register_benchmark"]
+
+
+#: the data attribute holding each training example's index in the source dataset's training tensors
+RECORD_IDS = "record_ids"
 
 
 @dataclass
@@ -41,6 +51,11 @@ class Benchmark:
     @property
     def meta(self) -> dict[str, Any]:
         return {"dataset": self.data.name, "mean": list(self.data.mean), "std": list(self.data.std)}
+
+    @property
+    def records_domain(self) -> str:
+        """What the :data:`RECORD_IDS` of the training stream index: the source dataset's training split."""
+        return f"{self.data.name}/train"
 
     @property
     def in_shape(self) -> tuple[int, int, int]:
@@ -75,14 +90,16 @@ def make_benchmark(name: str, *, root: str | None = None, seed: int = 0, n_exper
     return BENCHMARKS.get(name)(root, seed, n_experiences, **options)
 
 
-def _tensor_dataset(x: torch.Tensor, y: torch.Tensor) -> Any:
-    return _make_taskaware_tensor_classification_dataset(x, y, task_labels=0, targets=y.tolist())
+def _tensor_dataset(x: torch.Tensor, y: torch.Tensor, ids: bool = False) -> Any:
+    ds = _make_taskaware_tensor_classification_dataset(x, y, task_labels=0, targets=y.tolist())
+    # subsets and class remapping carry data attributes along, so every experience knows its source indices
+    return ds.update_data_attribute(RECORD_IDS, list(range(len(y)))) if ids else ds
 
 
 def _split(dataset: str, name: str, default_exps: int) -> Factory:
     def build(root: str | None, seed: int, n_experiences: int | None, **options: Any) -> Benchmark:
         data = load_dataset(dataset, root, **options)
-        scenario = nc_benchmark(_tensor_dataset(data.train_images, data.train_labels),
+        scenario = nc_benchmark(_tensor_dataset(data.train_images, data.train_labels, ids=True),
                                 _tensor_dataset(data.test_images, data.test_labels),
                                 n_experiences=n_experiences or default_exps, task_labels=False, seed=seed)
         return Benchmark(scenario, data, name, data.num_classes)
@@ -100,8 +117,10 @@ def _permuted(dataset: str, name: str, default_exps: int) -> Factory:
         for i in range(n_experiences or default_exps):
             # the first experience sees the original images, as in Avalanche's PermutedMNIST
             perm = torch.arange(n_pix) if i == 0 else torch.randperm(n_pix, generator=gen)
-            for src, y, out in ((data.train_images, data.train_labels, train), (data.test_images, data.test_labels, test)):
-                out.append(_tensor_dataset(src.flatten(1)[:, perm].view_as(src), y))
+            # every experience holds the same training records, permuted: their DP releases compose sequentially
+            for src, y, out, ids in ((data.train_images, data.train_labels, train, True),
+                                     (data.test_images, data.test_labels, test, False)):
+                out.append(_tensor_dataset(src.flatten(1)[:, perm].view_as(src), y, ids=ids))
         scenario = nc_benchmark(train, test, n_experiences=len(train), task_labels=False, shuffle=False,
                                 one_dataset_per_exp=True, class_ids_from_zero_in_each_exp=True)
         return Benchmark(scenario, data, name, data.num_classes)
@@ -113,4 +132,5 @@ def _permuted(dataset: str, name: str, default_exps: int) -> Factory:
 for _name, _ds, _exps in (("split_digits", "digits", 5), ("split_mnist", "mnist", 5),
                           ("split_fashion_mnist", "fashion_mnist", 5), ("split_cifar10", "cifar10", 5)):
     register_benchmark(_name)(_split(_ds, _name, _exps))
-register_benchmark("permuted_mnist")(_permuted("mnist", "permuted_mnist", 5))
+for _name, _ds in (("permuted_digits", "digits"), ("permuted_mnist", "mnist")):
+    register_benchmark(_name)(_permuted(_ds, _name, 5))

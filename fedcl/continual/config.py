@@ -41,10 +41,11 @@ class ContinualConfig:
     """``fedcl continual``: run strategies on one benchmark with one memory budget over several seeds.
 
     Attributes:
-        benchmark: ``split_digits`` (embedded), ``split_mnist``, ``split_fashion_mnist``, ``permuted_mnist``,
-            ``split_cifar10``.
+        benchmark: ``split_digits`` (embedded), ``permuted_digits`` (embedded), ``split_mnist``,
+            ``split_fashion_mnist``, ``permuted_mnist``, ``split_cifar10``.
         strategies: any of ``naive``, ``replay``, ``herding``, ``gdumb``, ``distilled``, ``distilled_dsa``,
-            ``distilled_dp`` (needs ``privacy.epsilon`` or ``privacy.noise_multiplier``).
+            ``distilled_dp`` (needs ``privacy.epsilon`` or ``privacy.noise_multiplier``: the target of each
+            experience's release; ``privacy.budget`` caps the stream's total, composed over the records read).
         mem_size: memory budget in images (at least the number of classes).
         epochs: training epochs per experience.
         lr, momentum, batch_size: SGD settings of every strategy.

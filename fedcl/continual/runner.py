@@ -110,7 +110,8 @@ def _distilled(method: str, private: bool) -> Builder:
         return DistilledReplay(**ctx.common(), mem_size=ctx.cfg.mem_size, method=method, distiller_kwargs=kwargs,
                                privacy=ctx.cfg.privacy if private else None, shrink=d.shrink, gdumb=d.gdumb,
                                gdumb_epochs=d.gdumb_epochs, num_classes=ctx.bench.num_classes,
-                               meta=ctx.bench.meta, seed=ctx.seed)
+                               meta=ctx.bench.meta, seed=ctx.seed, owner=f"{ctx.bench.name} stream",
+                               records_domain=ctx.bench.records_domain)
 
     build.engine = method  # type: ignore[attr-defined]
     return build
@@ -169,15 +170,19 @@ def run_strategy(cfg: ContinualConfig, bench: Benchmark, name: str, seed: int) -
             if any(p is None for p in spent):
                 raise PrivacyError(f"strategy {name!r}: the engine reported no privacy spending, so the memory is "
                                    "not known to be DP; use an engine with a DP path")
-            out["privacy"] = {"per_experience": spent, "epsilon_per_experience": [lg.spent() for lg in storage.ledgers],
-                              "stream_epsilon": storage.stream_epsilon(), "delta": storage.privacy.delta,
-                              "composition": "parallel: experiences hold disjoint data, so the stream's epsilon is "
-                                             "the maximum over experiences"}
+            ledger = storage.ledger
+            out["privacy"] = {"total_epsilon": ledger.spent(), "budget": ledger.epsilon, "delta": ledger.delta,
+                              "accountant": ledger.accountant,
+                              "epsilon_per_experience": [p["epsilon"] for p in spent],
+                              "total_after_experience": ledger.totals(), "per_experience": spent,
+                              "composition": "one ledger for the stream's owner: releases on the same records "
+                                             "(permuted streams) compose sequentially, on disjoint records (split "
+                                             "streams) in parallel; the total is the maximum over records"}
     return out
 
 
 def check_strategies(cfg: ContinualConfig) -> None:
-    """Fail before training on unknown strategies, impossible memories or a DP variant without a budget."""
+    """Fail before training on unknown strategies, impossible memories, a DP variant without DP or a bad DP block."""
     unknown = [s for s in cfg.strategies if s not in list_strategies()]
     if unknown:
         raise ConfigError(f"unknown strategies {unknown}; valid: {', '.join(list_strategies())}")
@@ -185,6 +190,14 @@ def check_strategies(cfg: ContinualConfig) -> None:
         raise ConfigError("strategies is empty; name at least one, e.g. strategies=[replay,distilled]")
     if "distilled_dp" in cfg.strategies and not cfg.privacy.enabled:
         raise ConfigError("strategy distilled_dp needs privacy.epsilon=... (or privacy.noise_multiplier=...)")
+    if cfg.privacy.enabled or cfg.privacy.budget is not None:
+        from fedcl.privacy.accounting import validate_privacy
+        from fedcl.privacy.ledger import LEDGER_ACCOUNTANTS
+
+        validate_privacy(cfg.privacy)  # PrivacyError, e.g. a budget below epsilon, before any data is loaded
+        if cfg.privacy.accountant not in LEDGER_ACCOUNTANTS:
+            raise ConfigError(f"privacy.accountant={cfg.privacy.accountant!r}: the stream's ledger composes its "
+                              f"releases with {' or '.join(LEDGER_ACCOUNTANTS)}; use one of those")
     from fedcl.distill import list_distillers
 
     for s in cfg.strategies:

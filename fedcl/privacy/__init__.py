@@ -15,7 +15,7 @@ from fedcl.privacy.accounting import (
     validate_privacy,
 )
 from fedcl.privacy.config import PrivacyConfig
-from fedcl.privacy.ledger import PrivacyLedger
+from fedcl.privacy.ledger import PrivacyLedger, Records
 from fedcl.privacy.mechanism import GaussianMechanism, clip_rows, private_network
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "GaussianMechanism",
     "PrivacyConfig",
     "PrivacyLedger",
+    "Records",
     "calibrate_noise",
     "clip_rows",
     "compute_epsilon",

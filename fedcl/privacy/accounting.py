@@ -136,6 +136,10 @@ def validate_privacy(privacy: PrivacyConfig, num_examples: int | None = None) ->
             an integer >= 0.
     """
     _positive("epsilon", privacy.epsilon)
+    _positive("budget", privacy.budget)  # the owner's cap over all its releases
+    if privacy.budget is not None and privacy.epsilon is not None and privacy.budget < privacy.epsilon:
+        raise PrivacyError(f"privacy.budget={privacy.budget} is below privacy.epsilon={privacy.epsilon}, the target of "
+                           "one release, so no release fits; use budget >= epsilon (or leave budget unset: no cap)")
     if privacy.epsilon is not None and privacy.noise_multiplier is not None:
         raise PrivacyError("set privacy.epsilon or privacy.noise_multiplier, not both "
                            f"(got {privacy.epsilon} and {privacy.noise_multiplier})")

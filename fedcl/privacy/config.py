@@ -23,6 +23,9 @@ class PrivacyConfig:
 
     Attributes:
         epsilon: target epsilon; the noise multiplier is calibrated to reach it.
+        budget: cap on the data owner's total epsilon over all its releases, composed by its
+            :class:`~fedcl.privacy.ledger.PrivacyLedger`; a release that would exceed it is refused
+            before any data is read. None: no cap (the total is still accounted and reported).
         delta: target delta.
         max_grad_norm: L2 clipping bound of each example's contribution.
         noise_multiplier: Gaussian noise std as a multiple of ``max_grad_norm`` (instead of ``epsilon``).
@@ -44,6 +47,7 @@ class PrivacyConfig:
     """
 
     epsilon: float | None = None
+    budget: float | None = None
     delta: float = 1e-5
     max_grad_norm: float = 1.0
     noise_multiplier: float | None = None

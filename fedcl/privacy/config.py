@@ -97,6 +97,7 @@ class PrivacyConfig:
     public: str = ""
     public_fill: float = 1.0
     schedule: str = "constant"
+    budget: float | None = None
 
     @property
     def enabled(self) -> bool:

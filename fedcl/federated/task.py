@@ -68,7 +68,7 @@ class TaskSettings:
             loss blind to an image's scale, so under DP a summary image's scale grows with the noise
             in its targets and shrinks as epsilon grows; ``server_noise`` is absolute, so without this
             its weight on each image follows that by-product. For epsilon above 1 (with
-            ``server_noise=1``: +5.5 points at epsilon 2, +8.8 at epsilon 4 over three seeds;
+            ``server_noise=1``: +7.1 points at epsilon 2, +8.8 at epsilon 4 over three seeds;
             experiments/results/federated.md, fourteenth session). Post-processing: no privacy cost.
         local_epochs, lr, batch_size: FedAvg local training (``lr`` also trains the centralised model).
         rho: FedDM perturbation of the global model (relative std of the noise).

@@ -8,8 +8,11 @@
   union of the summaries received so far.
 
 Both validate every summary (:func:`fedcl.federated.validate.validate_summary`) and drop
-bad ones with a logged reason; a round fails with :class:`fedcl.errors.SummaryRejected`
-only when fewer than ``min_summaries`` valid summaries remain. Training on the union is a
+bad ones with a logged reason. A client over its privacy budget answers with a refusal
+(a ``refusal`` ``ConfigRecord``), which is logged and counted apart from the dropped
+summaries. A round fails with :class:`fedcl.errors.SummaryRejected` only when fewer than
+``min_summaries`` valid summaries remain of the clients that did not refuse; a round in
+which every client refused keeps the global model as it is. Training on the union is a
 callable supplied by the ServerApp, so the strategies hold no model code.
 """
 
@@ -26,7 +29,6 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from flwr.supercore import log
 
 from fedcl.errors import SummaryRejected
-from fedcl.federated.select import select_summaries
 from fedcl.federated.validate import SummarySpec, validate_summary
 
 __all__ = ["FedDMSummaries", "OneShotSummaries", "SummaryStrategy", "TrainFn"]
@@ -59,18 +61,14 @@ class SummaryStrategy(Strategy):
     min_available_nodes : int (default: 2)
         Wait for this many connected nodes before sampling.
     min_summaries : int (default: 1)
-        Fail the round when fewer valid summaries than this arrive.
-    select_ratio : float (default: 0.0)
-        If > 0, train on a selection of the union: per class, the summaries of the clients
-        whose images of that class are at most this many times as rough as the smoothest
-        client's (:func:`fedcl.federated.select.select_summaries`; for noisy DP summaries,
-        whose small holders send mostly noise texture). 0 trains on the whole union.
+        Fail the round when fewer valid summaries than this arrive (or than the clients
+        that did not refuse, when fewer).
     """
 
     # pylint: disable=too-many-arguments
     def __init__(self, train_fn: TrainFn, spec: SummarySpec, *, codec: str = "float32", send_model: bool = False,
                  accumulate: bool = True, fraction_train: float = 1.0, min_train_nodes: int = 2,
-                 min_available_nodes: int = 2, min_summaries: int = 1, select_ratio: float = 0.0) -> None:
+                 min_available_nodes: int = 2, min_summaries: int = 1) -> None:
         self.train_fn = train_fn
         self.spec = spec
         self.codec = codec
@@ -80,8 +78,8 @@ class SummaryStrategy(Strategy):
         self.min_train_nodes = min_train_nodes
         self.min_available_nodes = min_available_nodes
         self.min_summaries = min_summaries
-        self.select_ratio = select_ratio
         self.dropped: list[dict[str, object]] = []
+        self.refused: list[dict[str, object]] = []
         self.summaries: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.client_metrics: dict[int, list[dict[str, object]]] = {}
         self._arrays = ArrayRecord()
@@ -90,28 +88,20 @@ class SummaryStrategy(Strategy):
 
     @property
     def union_class_images(self) -> list[int] | None:
-        """Images per class in the union of summaries the server last trained on (after
-        ``select_ratio``'s selection; None before any)."""
+        """Images per class in the union of summaries the server last trained on (None before any)."""
         if self._trained_labels is None:
             return None
         return torch.bincount(self._trained_labels.long(), minlength=self.spec.num_classes).tolist()
 
-    def training_set(self) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """The images and labels the global model trains on (the union of the kept summaries,
-        selected by ``select_ratio``) and how many union images the selection set aside."""
-        images = torch.cat([x for x, _ in self.summaries.values()])
-        labels = torch.cat([y for _, y in self.summaries.values()])
-        if not self.select_ratio:
-            return images, labels, 0
-        # owners by position: Flower node ids are unsigned 64-bit and overflow an int64 tensor
-        owners = torch.cat([torch.full((len(y),), i) for i, (_, y) in enumerate(self.summaries.values())])
-        keep = select_summaries(images, labels, owners, self.select_ratio)
-        return images[keep], labels[keep], int((~keep).sum())
+    def training_set(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images and labels the global model trains on: the union of the kept summaries."""
+        return (torch.cat([x for x, _ in self.summaries.values()]),
+                torch.cat([y for _, y in self.summaries.values()]))
 
     def summary(self) -> None:
         """Log the strategy's configuration."""
-        log(INFO, "\t├──> %s: codec=%s send_model=%s accumulate=%s select_ratio=%s", type(self).__name__,
-            self.codec, self.send_model, self.accumulate, self.select_ratio)
+        log(INFO, "\t├──> %s: codec=%s send_model=%s accumulate=%s", type(self).__name__,
+            self.codec, self.send_model, self.accumulate)
         log(INFO, "\t└──> Sampling: fraction %.2f, min nodes %d, min valid summaries %d", self.fraction_train,
             self.min_train_nodes, self.min_summaries)
 
@@ -134,10 +124,15 @@ class SummaryStrategy(Strategy):
         log(WARNING, "dropped the summary of node %d in round %d: %s", node, server_round, reason)
         self.dropped.append({"round": server_round, "node": node, "reason": reason})
 
+    def _refuse(self, server_round: int, node: int, reason: str, metrics: dict[str, object]) -> None:
+        log(WARNING, "node %d refused its summary in round %d: %s", node, server_round, reason)
+        self.refused.append({"round": server_round, "node": node, "reason": reason, "metrics": metrics})
+
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Validate each summary, drop the bad ones, train the global model on the union."""
+        """Validate each summary, drop the bad ones, count the refusals, train the global model on the union."""
         fresh: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        refused = 0
         replies = list(replies)
         # a node that never answers (dead, or slower than the round timeout) is a dropped summary too
         for node in sorted(self._asked - {int(m.metadata.src_node_id) for m in replies}):
@@ -147,6 +142,11 @@ class SummaryStrategy(Strategy):
             if msg.has_error():
                 self._drop(server_round, node, f"client error: {msg.error.reason}")
                 continue
+            metrics = dict(msg.content["metrics"]) if "metrics" in msg.content.metric_records else {}
+            if "refusal" in msg.content.config_records:
+                refused += 1
+                self._refuse(server_round, node, str(msg.content["refusal"].get("reason", "")), metrics)
+                continue
             if "summary" not in msg.content.array_records:
                 self._drop(server_round, node, "reply has no 'summary' ArrayRecord")
                 continue
@@ -155,19 +155,25 @@ class SummaryStrategy(Strategy):
             except SummaryRejected as exc:
                 self._drop(server_round, node, str(exc))
                 continue
-            if "metrics" in msg.content.metric_records:
-                self.client_metrics.setdefault(node, []).append({"round": server_round, **dict(msg.content["metrics"])})
-        if len(fresh) < self.min_summaries:
+            if metrics:
+                self.client_metrics.setdefault(node, []).append({"round": server_round, **metrics})
+        # a refusal is an answer, not a failure: the minimum counts only the clients that did not refuse
+        needed = min(self.min_summaries, max(len(self._asked) - refused, 0))
+        if len(fresh) < needed:
             reasons = "; ".join(d["reason"] for d in self.dropped if d["round"] == server_round) or "no replies"
             raise SummaryRejected(f"round {server_round}: only {len(fresh)} valid summaries, fewer than the minimum "
                                   f"{self.min_summaries} ({reasons})")
+        metrics = MetricRecord({"valid-summaries": len(fresh), "refused-summaries": refused,
+                                "dropped-summaries": sum(d["round"] == server_round for d in self.dropped)})
+        if not fresh:  # every client refused: nothing new to learn from, the global model stays as it is
+            log(INFO, "round %d: no new summary (%d refused); the global model is kept", server_round, refused)
+            return None, metrics
         self.summaries = {**self.summaries, **fresh} if self.accumulate else fresh
-        images, labels, set_aside = self.training_set()
+        images, labels = self.training_set()
         self._trained_labels = labels
         arrays = self.train_fn(images, labels, self._arrays, server_round)
-        metrics = MetricRecord({"valid-summaries": len(fresh), "union-images": int(len(labels)),
-                                "set-aside-images": set_aside, "union-class-images": self.union_class_images,
-                                "dropped-summaries": sum(d["round"] == server_round for d in self.dropped)})
+        metrics["union-images"] = int(len(labels))
+        metrics["union-class-images"] = self.union_class_images
         return arrays, metrics
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,

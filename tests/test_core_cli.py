@@ -96,9 +96,9 @@ def test_console_script_exits_nonzero_without_traceback(tmp_path) -> None:
 @pytest.mark.parametrize(("command", "args", "message"), [
     ("federated", ["privacy.epsilon=1", "privacy.sample_rate=0.1"], "set batch_real, not privacy.sample_rate"),
     ("federated", ["batch_real=0"], "batch_real must be at least 1"),
-    ("federated", ["privacy.epsilon=1", "privacy.schedule=step"], "unknown privacy.schedule 'step'; valid: constant, cosine"),
+    ("federated", ["privacy.epsilon=1", "privacy.replay=-1"], "privacy.replay must be an integer >= 0"),
     ("federated", ["server_noise_decay=-0.5"], "server_noise_decay must be >= 0"),
-    ("federated", ["server_lr=0"], "server_lr must be > 0"),
+    ("federated", ["privacy.epsilon=1", "privacy.budget=0.5"], "privacy.budget must be > 0 and >= privacy.epsilon"),
     ("privacy-sweep", ["methods=[reel]"], "unknown method 'reel'; valid: dpsgd, real"),
 ])
 def test_bad_federated_and_sweep_input_is_one_clear_line(command, args, message, tmp_path, capsys) -> None:

@@ -76,7 +76,7 @@ def test_dp_clients_summarise_only_classes_large_enough_for_their_noise() -> Non
     _, y, _ = distill_partition(s, images, labels, data, seed=0)
     assert sorted(set(y.tolist())) == [0, 1]  # without DP every class it holds
     _, y, groups = distill_partition(s, images, labels, data, seed=0,
-                                     privacy=PrivacyConfig(epsilon=1.0, delta=1e-3, clamp=True))
+                                     privacy=PrivacyConfig(epsilon=1.0, delta=1e-3))
     assert sorted(set(y.tolist())) == [0] and groups[0]["privacy"]["epsilon"] <= 1.0
 
 
@@ -110,8 +110,7 @@ def test_federated_dp_needs_an_accountant_that_composes_rounds() -> None:
         _validate(FederatedConfig(privacy=PrivacyConfig(epsilon=1.0, accountant="gdp"), strategies=["oneshot"]))
 
 
-@pytest.mark.parametrize("bad", [{"downsample": 0}, {"subspace": -1}, {"max_grad_norm": -1.0}, {"delta": 2.0},
-                                 {"public": "digits"}])
+@pytest.mark.parametrize("bad", [{"max_grad_norm": -1.0}, {"delta": 2.0}, {"accountant": "xyz"}])
 def test_a_bad_privacy_block_is_refused_before_any_client_starts(bad: dict) -> None:
     from fedcl.federated.command import FederatedConfig, _validate
     from fedcl.privacy import PrivacyConfig
@@ -123,7 +122,7 @@ def test_a_bad_privacy_block_is_refused_before_any_client_starts(bad: dict) -> N
 def test_run_config_carries_the_privacy_block_and_matches_the_app_defaults() -> None:
     from pathlib import Path
 
-    import pytest
+    from flwr.app import Context, RecordDict
 
     from fedcl.federated.client_app import _privacy
     from fedcl.federated.command import FederatedConfig, run_config
@@ -131,26 +130,41 @@ def test_run_config_carries_the_privacy_block_and_matches_the_app_defaults() -> 
     from fedcl.privacy import PrivacyConfig
 
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
-    priv = PrivacyConfig(epsilon=2.0, delta=1e-6, max_grad_norm=0.5, accountant="prv", pool=True, replay=2,
-                         clamp=True, center=False, downsample=2, subspace=16, subspace_below=300, public="digits",
-                         public_fill=0.75, schedule="cosine")
+    priv = PrivacyConfig(epsilon=2.0, delta=1e-6, max_grad_norm=0.5, accountant="prv", replay=2, center=False,
+                         budget=5.0)
     rc = run_config(FederatedConfig(privacy=priv, strategies=["oneshot"]), "oneshot")
     app = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     task_keys = {k for k in TaskSettings().to_record() if k != "data-root"}
     assert task_keys <= set(app), sorted(task_keys - set(app))  # `flwr run .` gets every task setting
+    server_keys = {"strategy", "num-rounds", "min-nodes", "min-summaries", "round-timeout", "result-file", "data-root",
+                   "max-summary-images"}
+    assert set(app) <= task_keys | server_keys, sorted(set(app) - task_keys - server_keys)  # nothing stale
+    assert "fault" not in app and "fault" not in rc  # no test hook in what a deployed node obeys
     s = TaskSettings.from_record(rc)
-
-    class Ctx:  # the two attributes _privacy reads
-        state = type("S", (), {"config_records": {}})()
-        node_id = 1
-
-    got, ledger = _privacy(s, Ctx(), rounds=1)
+    context = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config=rc)
+    got, ledger = _privacy(s, context)
     assert (got.epsilon, got.delta, got.max_grad_norm, got.accountant) == (2.0, 1e-6, 0.5, "prv")
-    assert (got.pool, got.replay, got.clamp, got.center, got.normalize) == (True, 2, True, False, True)
-    assert (got.downsample, got.subspace, got.subspace_below, got.public, got.public_fill) == \
-        (2, 16, 300, "digits", 0.75)
-    assert got.schedule == "cosine"
-    assert ledger.epsilon == 2.0 and ledger.accountant == "prv"  # the ledger composes with the release's accountant
+    assert (got.replay, got.center, got.normalize) == (2, False, True)
+    # each summary is one release at epsilon; the ledger caps the client's total at the budget
+    assert ledger.epsilon == 5.0 and ledger.accountant == "prv" and ledger.owner == "client-7"
+    s_nocap = TaskSettings.from_record(run_config(FederatedConfig(privacy=PrivacyConfig(epsilon=2.0)), "oneshot"))
+    assert _privacy(s_nocap, Context(run_id=1, node_id=7, node_config={}, state=RecordDict(),
+                                     run_config={}))[1].epsilon is None  # no budget: recorded, never refused
+
+
+@pytest.mark.parametrize(("epsilon", "budget", "match"), [
+    (1.0, 0.5, "privacy.budget must be > 0 and >= privacy.epsilon"),
+    (1.0, -1.0, "privacy.budget must be > 0"),
+    (None, 2.0, "set privacy.epsilon too"),
+])
+def test_a_budget_below_one_release_is_refused_in_one_line(epsilon, budget, match) -> None:
+    from fedcl.federated.command import FederatedConfig, _validate
+    from fedcl.privacy import PrivacyConfig
+
+    with pytest.raises(ConfigError, match=match) as info:
+        _validate(FederatedConfig(privacy=PrivacyConfig(epsilon=epsilon, budget=budget), strategies=["oneshot"]))
+    assert len(str(info.value).splitlines()) == 1
+    _validate(FederatedConfig(privacy=PrivacyConfig(epsilon=1.0, budget=1.0), strategies=["oneshot"]))  # one release
 
 
 @pytest.mark.parametrize("gpus", [-0.5, 0.25])
@@ -202,41 +216,35 @@ def test_server_noise_reaches_every_training_batch_and_not_the_centralised_basel
     from fedcl.federated.task import TaskSettings, make_model, train_global
 
     data = load_dataset("digits")
-    s = TaskSettings(width=8, server_lr=0.1)
+    s = TaskSettings(width=8)
     x, y = data.train_images[:300], data.train_labels[:300]
-    clean = train_global(s, make_model(s, data, seed=0), x, y, data, epochs=30, seed=1, dsa=False)
+    clean = train_global(s, make_model(s, data, seed=0), x, y, data, epochs=30, seed=1, dsa=False, lr=0.1)
     drowned = train_global(dataclasses.replace(s, server_noise=100.0), make_model(s, data, seed=0), x, y, data,
-                           epochs=30, seed=1, dsa=False)
+                           epochs=30, seed=1, dsa=False, lr=0.1)
     assert clean > 0.7 and drowned < 0.3  # noise 100x the pixel scale leaves nothing to learn from
     assert TaskSettings.from_record(run_config(FederatedConfig(server_noise=0.5), "oneshot")).server_noise == 0.5
     with pytest.raises(ConfigError, match="server_noise"):
         _validate(FederatedConfig(server_noise=-1.0))
-    seen: list[tuple[float, bool, int, float]] = []
-    monkeypatch.setattr(task, "train_global", lambda s, *a, **k: seen.append(
-        (s.server_noise, s.server_standardize, s.server_teachers, s.server_lr)) or 1.0)
-    centralised(FederatedConfig(server_noise=0.5, server_standardize=True, server_teachers=2, server_lr=0.05, lr=0.02))
-    assert seen == [(0.0, False, 0, 0.02)]  # real images: the baseline trains without the summaries' treatment
+    seen: list[tuple[float, bool, float]] = []
+    monkeypatch.setattr(task, "train_global", lambda s, *a, lr, **k: seen.append(
+        (s.server_noise, s.server_standardize, lr)) or 1.0)
+    centralised(FederatedConfig(server_noise=0.5, server_standardize=True, lr=0.02))
+    assert seen == [(0.0, False, 0.02)]  # real images: the baseline trains without the summaries' treatment
 
 
-def test_server_lr_is_the_learning_rate_of_training_on_summaries(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_server_trains_on_summaries_at_the_protocols_learning_rate(monkeypatch: pytest.MonkeyPatch) -> None:
     import fedcl.federated.task as task
     from fedcl.data import load_dataset
-    from fedcl.federated.command import FederatedConfig, _validate, run_config
-    from fedcl.federated.task import TaskSettings, make_model, train_global
+    from fedcl.federated.task import SERVER_LR, TaskSettings, make_model, train_global
 
     data = load_dataset("digits")
     rates: list[float] = []
     stock = task.train_model
     monkeypatch.setattr(task, "train_model", lambda *a, lr, **k: rates.append(lr) or stock(*a, lr=lr, **k))
-    s = TaskSettings(width=8, lr=0.02, server_lr=0.07)
+    s = TaskSettings(width=8, lr=0.02)
     train_global(s, make_model(s, data, seed=0), data.train_images[:50], data.train_labels[:50], data, epochs=1,
                  seed=1, dsa=False)
-    assert rates == [0.07]  # not FedAvg's local lr
-    assert TaskSettings.from_record(run_config(FederatedConfig(server_lr=0.03), "oneshot")).server_lr == 0.03
-    assert TaskSettings().server_lr == FederatedConfig().server_lr == 0.01  # the DC/DM evaluation protocol's
-    for bad in (0.0, -0.1):
-        with pytest.raises(ConfigError, match="server_lr"):
-            _validate(FederatedConfig(server_lr=bad))
+    assert rates == [SERVER_LR] == [0.01]  # the DC/DM evaluation protocol's, not FedAvg's local lr
 
 
 def test_server_noise_decay_scales_the_noise_where_the_learning_rate_falls(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -272,53 +280,6 @@ def test_server_noise_decay_scales_the_noise_where_the_learning_rate_falls(monke
         _validate(FederatedConfig(server_noise_decay=-0.5))
 
 
-@pytest.mark.parametrize("ratio", [-1.0, 0.5])
-def test_server_select_is_off_or_a_ratio_of_at_least_one(ratio: float) -> None:
-    from fedcl.federated.command import FederatedConfig, _validate, run_config
-    from fedcl.federated.task import TaskSettings
-
-    with pytest.raises(ConfigError, match="server_select"):
-        _validate(FederatedConfig(server_select=ratio))
-    assert TaskSettings.from_record(run_config(FederatedConfig(server_select=2.0), "oneshot")).server_select == 2.0
-
-
-def test_balanced_class_weights_give_every_class_the_same_total() -> None:
-    import torch
-
-    from fedcl.federated.task import balanced_class_weights
-
-    labels = torch.tensor([0, 0, 0, 1, 3, 3])
-    w = balanced_class_weights(labels, 5)
-    totals = w[labels].new_zeros(5).index_add_(0, labels, w[labels])
-    assert torch.allclose(totals[[0, 1, 3]], torch.full((3,), 2.0)) and totals[[2, 4]].eq(0).all()
-    assert torch.equal(balanced_class_weights(torch.arange(10).repeat(3), 10), torch.ones(10))
-
-
-def test_server_balance_lifts_the_classes_with_few_summary_images() -> None:
-    import dataclasses
-
-    import torch
-
-    from fedcl.data import load_dataset
-    from fedcl.federated.command import FederatedConfig, run_config
-    from fedcl.federated.task import TaskSettings, make_model, train_global
-    from fedcl.train import class_accuracy, predict
-
-    data = load_dataset("digits")
-    x, y = data.train_images, data.train_labels
-    # classes 0-4 with 60 images each, classes 5-9 with 3: the imbalance of a union of summaries, exaggerated
-    keep = torch.cat([(y == c).nonzero().flatten()[:60 if c < 5 else 3] for c in range(10)])
-    s = TaskSettings(width=8, server_lr=0.1)
-    recall = {}
-    for balance in (False, True):
-        model = make_model(s, data, seed=0)
-        train_global(dataclasses.replace(s, server_balance=balance), model, x[keep], y[keep], data, epochs=20, seed=1,
-                     dsa=False)
-        recall[balance] = sum(class_accuracy(predict(model, data.test_images), data.test_labels, 10)[5:]) / 5
-    assert recall[True] > recall[False] + 0.05
-    assert TaskSettings.from_record(run_config(FederatedConfig(server_balance=True), "oneshot")).server_balance
-
-
 def test_server_standardize_makes_server_training_blind_to_each_summary_images_scale() -> None:
     import dataclasses
 
@@ -337,51 +298,15 @@ def test_server_standardize_makes_server_training_blind_to_each_summary_images_s
     # every image at its own scale and offset, as DP summaries end up: the matching cannot see either
     scale = torch.rand(200, 1, 1, 1, generator=torch.Generator().manual_seed(0)) * 5 + 0.5
     shifted = x * scale + 0.3
-    s = TaskSettings(width=8, server_lr=0.1, server_noise=1.0)
+    s = TaskSettings(width=8, server_noise=1.0)
     preds = {}
     for standardize in (False, True):
         for name, images in (("raw", x), ("rescaled", shifted)):
             model = make_model(s, data, seed=0)
             train_global(dataclasses.replace(s, server_standardize=standardize), model, images, y, data, epochs=5,
-                         seed=1, dsa=False)
+                         seed=1, dsa=False, lr=0.1)
             preds[standardize, name] = predict(model, data.test_images)
     agree = {k: float((preds[k, "raw"] == preds[k, "rescaled"]).float().mean()) for k in (False, True)}
     assert agree[True] > 0.99 and agree[False] < 0.95  # without: absolute noise meets each image's own scale
     record = run_config(FederatedConfig(server_standardize=True), "oneshot")
     assert TaskSettings.from_record(record).server_standardize
-
-
-def test_server_teachers_distils_the_global_model_from_models_trained_first(monkeypatch: pytest.MonkeyPatch) -> None:
-    import dataclasses
-
-    import torch
-
-    import fedcl.federated.task as task
-    from fedcl.data import load_dataset
-    from fedcl.federated.command import FederatedConfig, _validate, run_config
-    from fedcl.federated.task import TaskSettings, make_model, mean_softmax, train_global
-
-    data = load_dataset("digits")
-    x, y = data.train_images[:300], data.train_labels[:300]
-    s = TaskSettings(width=8, server_lr=0.1, server_teachers=2)
-    calls: list[tuple[int, bool]] = []
-    stock = task.train_model
-
-    def recording(model: torch.nn.Module, *a: object, teacher: object = None, **k: object) -> torch.nn.Module:
-        calls.append((id(model), teacher is not None))
-        return stock(model, *a, teacher=teacher, **k)
-
-    monkeypatch.setattr(task, "train_model", recording)
-    student = make_model(s, data, seed=0)
-    acc = train_global(s, student, x, y, data, epochs=20, seed=1, dsa=False)
-    # two teachers trained on the labels (models of their own), then the student on their mean softmax
-    assert [t for _, t in calls] == [False, False, True] and calls[2][0] == id(student)
-    assert len({m for m, _ in calls}) == 3 and acc > 0.7
-    teachers = task.train_teachers(dataclasses.replace(s, server_teachers=2), x, y, data, epochs=1, seed=1, dsa=False)
-    probs = mean_softmax(teachers)(x[:5])
-    expected = (torch.softmax(teachers[0](x[:5]), 1) + torch.softmax(teachers[1](x[:5]), 1)) / 2
-    assert torch.allclose(probs, expected) and torch.allclose(probs.sum(1), torch.ones(5))
-    assert not torch.equal(teachers[0](x[:5]), teachers[1](x[:5]))  # seeded apart
-    assert TaskSettings.from_record(run_config(FederatedConfig(server_teachers=3), "oneshot")).server_teachers == 3
-    with pytest.raises(ConfigError, match="server_teachers"):
-        _validate(FederatedConfig(server_teachers=-1))

@@ -15,29 +15,18 @@ def test_nodes_that_never_reply_count_as_dropped():
     assert [(d["node"], d["round"]) for d in strategy.dropped] == [(3, 1), (7, 1)]
 
 
-def test_select_ratio_sets_aside_rough_summaries_of_a_class_a_smoother_client_also_sent():
-    import torch
+def test_the_privacy_table_takes_each_clients_latest_ledger_and_counts_its_refusals():
+    from fedcl.federated.server_app import privacy_table
 
-    from fedcl.federated.server_app import SERVER_DEFAULTS, STRATEGIES
-    from fedcl.federated.task import TaskSettings
-
-    gen = torch.Generator().manual_seed(0)
-    stroke = torch.zeros(4, 1, 8, 8)
-    stroke[:, :, 2:6, 3:5] = 1.0
-    smooth, rough = stroke + 0.1 * torch.randn(stroke.shape, generator=gen), stroke + 2 * torch.randn(stroke.shape,
-                                                                                                     generator=gen)
-    spec = SummarySpec((1, 8, 8), 10, 100, 10**6)
-    # node 5 sends a smooth class 0; node `big` a rough class 0 and the only (rough) class 1
     big = 2**64 - 5  # Flower node ids are unsigned 64-bit
-    summaries = {5: (smooth, torch.zeros(4, dtype=torch.long)),
-                 big: (torch.cat([rough, rough.flip(0)]), torch.tensor([0] * 4 + [1] * 4))}
-    cfg = {**SERVER_DEFAULTS, "min-nodes": 2}
-    strategy, _, _ = STRATEGIES.get("oneshot")(TaskSettings(server_select=2.0), cfg, spec, lambda *a: None)
-    assert strategy.select_ratio == 2.0  # the ServerApp passes server_select on
-    strategy.summaries = summaries
-    images, labels, set_aside = strategy.training_set()
-    assert set_aside == 4 and labels.tolist() == [0] * 4 + [1] * 4
-    torch.testing.assert_close(images[:4], smooth)
-    plain = OneShotSummaries(lambda *a: None, spec)
-    plain.summaries = summaries
-    assert plain.training_set()[2] == 0 and len(plain.training_set()[1]) == 12
+    summaries = {11: [{"round": 1, "partition-id": 0, "epsilon": 0.99, "releases": 1, "budget": 1.2}],
+                 big: [{"round": 1, "partition-id": 1, "epsilon": 0.98, "releases": 1, "budget": 1.2},
+                       {"round": 2, "partition-id": 1, "epsilon": 1.19, "releases": 2, "budget": 1.2}]}
+    refused = [{"round": r, "node": 11, "reason": "privacy budget exceeded",
+                "metrics": {"partition-id": 0, "epsilon": 0.99, "releases": 1, "budget": 1.2}} for r in (2, 3)]
+    assert privacy_table(summaries, refused) == {
+        "0": {"epsilon": 0.99, "releases": 1, "budget": 1.2, "refused": 2},
+        "1": {"epsilon": 1.19, "releases": 2, "budget": 1.2, "refused": 0}}
+    no_cap = {11: [{"round": 1, "partition-id": 0, "epsilon": 3.0, "releases": 3, "budget": 0.0}]}
+    assert privacy_table(no_cap, [])["0"]["budget"] is None
+    assert privacy_table({11: [{"round": 1, "partition-id": 0, "epsilon": 0.0, "releases": 0}]}, []) == {}  # no DP

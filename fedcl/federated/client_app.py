@@ -6,7 +6,9 @@ One ``train`` handler serves every strategy; the ``task`` key of the message's
 - ``summary``: distill the partition (in the received model's perturbed feature space
   when the message carries ``arrays``: FedDM) and reply with the summary ``ArrayRecord``
   under ``summary`` plus a ``MetricRecord`` (``num-examples``, ``summary-bytes``,
-  ``epsilon``, ``seconds``);
+  ``epsilon``, ``releases``, ``seconds``). Under DP, a client whose summary would take its
+  ledger over ``budget`` replies instead with a ``refusal`` ``ConfigRecord`` (``reason``)
+  and the same ``MetricRecord`` without a summary: a normal answer, not an error;
 - ``fedavg``: load ``arrays``, train locally, reply with the new ``arrays``.
 
 The partition comes from ``context.node_config`` (``partition-id``, ``num-partitions``);
@@ -17,24 +19,30 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import torch
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedcl.errors import PrivacyError
 from fedcl.federated.codec import encode_summary
 from fedcl.federated.task import (
     TaskSettings,
+    check_budget,
     client_seed,
     distill_partition,
     load_data,
     load_partition,
     make_model,
     perturbed_network_fn,
+    plan_summary,
     train_local,
 )
 
-__all__ = ["app"]
+__all__ = ["app", "train"]
+
+#: the ledger's epsilon when ``budget`` is 0 (no cap): the total is recorded, nothing is refused
 
 app = ClientApp()
 
@@ -45,20 +53,6 @@ def _settings(msg: Message, context: Context) -> tuple[TaskSettings, dict, int, 
     torch.set_num_threads(int(merged.get("client-threads", 1)))
     return (TaskSettings.from_record(merged), merged, int(context.node_config["partition-id"]),
             int(context.node_config["num-partitions"]))
-
-
-def _apply_fault(kind: str, images: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Test hook: corrupt a summary the way a buggy or malicious client would."""
-    images, labels = images.clone(), labels.clone()
-    if kind == "nan":
-        images[0] = float("nan")
-    elif kind == "shape":
-        images = torch.nn.functional.pad(images, (0, 1, 0, 1))
-    elif kind == "labels":
-        labels[0] = num_classes + 3
-    elif kind == "oversize":
-        images, labels = images.repeat(50, 1, 1, 1), labels.repeat(50)
-    return images, labels
 
 
 @app.train()
@@ -78,33 +72,36 @@ def train(msg: Message, context: Context) -> Message:
         return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)}),
                        reply_to=msg)
 
+    privacy, ledger = _privacy(s, context)
+    metrics: dict[str, Any] = {"num-examples": int(len(labels)), "partition-id": pid}
+    if ledger is not None:
+        # the budget stop: planned from class counts, before any image is read
+        try:
+            check_budget(ledger, plan_summary(s, labels, data.num_classes, privacy), name=f"round {server_round}")
+        except PrivacyError as exc:
+            metrics.update(_ledger_metrics(ledger), seconds=time.perf_counter() - t0)
+            return Message(RecordDict({"refusal": ConfigRecord({"reason": str(exc)}),
+                                       "metrics": MetricRecord(metrics)}), reply_to=msg)
     network_fn = None
     if "arrays" in msg.content.array_records and len(msg.content["arrays"]):
         model = make_model(s, data)
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
         network_fn = perturbed_network_fn(model, s.rho, seed)
-    privacy, ledger = _privacy(s, context, int(merged.get("num-rounds", 1)))
     x, y, groups = distill_partition(s, images, labels, data, seed=seed, network_fn=network_fn, privacy=privacy,
                                      ledger=ledger)
-    epsilon = _spend(ledger, groups, context, server_round)
-    kind = s.faults().get(pid)
-    if kind:
-        x, y = _apply_fault(kind, x, y, data.num_classes)
+    _spend(ledger, groups, context, server_round)
     record = encode_summary(x, y, s.codec)
-    if kind == "dtype":
-        record["images"] = Array(x.double().numpy())
-    metrics = {"num-examples": int(len(labels)), "summary-images": int(len(y)), "summary-bytes": record.count_bytes(),
-               "epsilon": float(epsilon), "seconds": time.perf_counter() - t0, "partition-id": pid}
+    metrics.update(_ledger_metrics(ledger), **{"summary-images": int(len(y)), "summary-bytes": record.count_bytes(),
+                                               "seconds": time.perf_counter() - t0})
     return Message(RecordDict({"summary": record, "metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
-def _privacy(s: TaskSettings, context: Context, rounds: int):
-    """The DP block of this round and the client's ledger (kept in ``context.state`` across rounds).
+def _privacy(s: TaskSettings, context: Context):
+    """The DP block of one release and the client's ledger (kept in ``context.state`` across rounds).
 
-    The client's budget is ``epsilon`` over the whole run; each of the ``rounds`` releases
-    asks for ``epsilon / rounds`` and the ledger composes them with the release's own
-    accountant (Opacus RDP or PRV), so it refuses (PrivacyError, the reply carries the error)
-    any release over the budget, before the release reads the partition.
+    Each summary is one release at ``epsilon``; the ledger composes them with the release's own
+    accountant (Opacus RDP or PRV) and caps the total at ``budget`` (0: no cap, the total is only
+    recorded).
     """
     if not s.epsilon:
         return None, None
@@ -112,24 +109,29 @@ def _privacy(s: TaskSettings, context: Context, rounds: int):
 
     saved = context.state.config_records.get("privacy-ledger")
     ledger = (PrivacyLedger.from_dict(json.loads(str(saved["json"]))) if saved is not None
-              else PrivacyLedger(epsilon=s.epsilon, delta=s.delta, accountant=s.accountant,
-                             owner=f"client-{context.node_id}"))
-    return s.privacy_config(rounds), ledger
+              else PrivacyLedger(epsilon=s.budget or None, delta=s.delta, accountant=s.accountant,
+                                 owner=f"client-{context.node_id}"))
+    return s.privacy_config(), ledger
 
 
-def _spend(ledger, groups: list[dict], context: Context, server_round: int) -> float:
-    """Record this round's releases in the ledger; returns the client's total epsilon so far.
+def _ledger_metrics(ledger) -> dict[str, Any]:
+    """What a reply says of the client's privacy: its total epsilon, releases and budget (0: none)."""
+    if ledger is None:
+        return {"epsilon": 0.0, "releases": 0}
+    return {"epsilon": float(ledger.spent()), "releases": len(ledger.releases),
+            "budget": 0.0 if ledger.epsilon is None else float(ledger.epsilon)}
+
+
+def _spend(ledger, groups: list[dict], context: Context, server_round: int) -> None:
+    """Record this round's release in the ledger and keep the ledger in ``context.state``.
 
     Groups hold disjoint classes (parallel composition), so one round costs its most
     expensive group: that group's release is recorded.
     """
     if ledger is None:
-        return 0.0
-    from flwr.app import ConfigRecord
-
+        return
     releases = [g["privacy"] for g in groups if isinstance(g.get("privacy"), dict)]
     if releases:
         worst = max(releases, key=lambda r: float(r.get("epsilon", 0.0)))
         ledger.record(worst, name=f"round {server_round}")
     context.state["privacy-ledger"] = ConfigRecord({"json": json.dumps(ledger.to_dict())})
-    return float(ledger.spent())

@@ -9,14 +9,18 @@ The run folder holds ``config.yaml``, ``metrics.json``, ``results.md`` and
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedcl.config import DataConfig, load_config
 from fedcl.errors import ConfigError
 from fedcl.privacy.config import PrivacyConfig
+
+if TYPE_CHECKING:
+    from flwr.clientapp import ClientApp
 
 __all__ = ["ClientResources", "FederatedConfig", "main", "run_federated"]
 
@@ -34,16 +38,19 @@ class FederatedConfig:
     """``fedcl federated``: strategies compared on one federated split.
 
     ``rounds`` applies to ``fedavg``; ``feddm_rounds`` to ``feddm``; ``oneshot`` is one round.
-    ``privacy.epsilon`` makes each client's summary DP at that epsilon (per client, all rounds);
-    the rest of the ``privacy`` block (clipping bound, accountant, the ``dm`` options) goes to
-    every client as it is.
+    ``privacy.epsilon`` makes each client's summary DP: each summary is one release at that
+    epsilon, so a client spends it once in ``oneshot`` and composes ``feddm_rounds`` of them in
+    ``feddm`` (its ledger's total is in metrics.json, ``privacy_per_client``).
+    ``privacy.budget`` caps a client's total: a client whose next summary would pass it refuses
+    that summary (``refused_summaries``) and the run goes on with the others. Each strategy is
+    its own run with its own ledgers. The rest of the ``privacy`` block (clipping bound,
+    accountant, the ``dm`` options) goes to every client as it is.
     ``round_timeout`` (seconds) bounds a round: a summary round is a whole distillation per
     client, so it is generous; a client still busy at the timeout counts as a dropped summary.
     Client distillation (``method``, ``ipc``, ``iterations``, ``batch_real``, ``lr_img``, and
     under DP ``dp_lr_img`` and ``dp_min_class_images``) and the server's training
-    (``server_epochs``, ``server_noise``, ``server_noise_decay``, ``server_select``, ``server_balance``,
-    ``server_standardize``, ``server_teachers``, ``server_lr``) are described in
-    :class:`fedcl.federated.task.TaskSettings`.
+    (``server_epochs``, ``server_noise``, ``server_noise_decay``, ``server_standardize``) are
+    described in :class:`fedcl.federated.task.TaskSettings`.
     """
 
     dataset: str = "digits"
@@ -67,11 +74,7 @@ class FederatedConfig:
     server_epochs: int = 300
     server_noise: float = 0.0
     server_noise_decay: float = 1.0
-    server_select: float = 0.0
-    server_balance: bool = False
     server_standardize: bool = False
-    server_teachers: int = 0
-    server_lr: float = 0.01
     local_epochs: int = 1
     lr: float = 0.01
     centralised: bool = True
@@ -82,7 +85,6 @@ class FederatedConfig:
     device: str = "cpu"
     threads: int = 1
     out: str | None = None
-    fault: str = ""
     client_resources: ClientResources = field(default_factory=ClientResources)
     data: DataConfig = field(default_factory=DataConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
@@ -119,6 +121,7 @@ def _validate(cfg: FederatedConfig) -> None:
                           "not privacy.sample_rate")
     if cfg.privacy.epsilon is not None and not cfg.privacy.epsilon > 0:
         raise ConfigError(f"privacy.epsilon must be > 0, got {cfg.privacy.epsilon}")
+    _validate_budget(cfg.privacy.epsilon, cfg.privacy.budget)
     if cfg.privacy.epsilon is not None:  # the rest of the block, before any client starts (PrivacyError)
         validate_privacy(cfg.privacy)
     if cfg.privacy.epsilon is not None and cfg.privacy.accountant not in LEDGER_ACCOUNTANTS:
@@ -132,13 +135,6 @@ def _validate(cfg: FederatedConfig) -> None:
     if not cfg.server_noise_decay >= 0:
         raise ConfigError(f"server_noise_decay must be >= 0 (a factor on server_noise; 1: constant), "
                           f"got {cfg.server_noise_decay}")
-    if cfg.server_teachers < 0:
-        raise ConfigError(f"server_teachers must be >= 0 (a number of models; 0: no distillation), "
-                          f"got {cfg.server_teachers}")
-    if not cfg.server_lr > 0:
-        raise ConfigError(f"server_lr must be > 0 (a learning rate), got {cfg.server_lr}")
-    if cfg.server_select != 0 and not cfg.server_select >= 1:
-        raise ConfigError(f"server_select must be 0 (off) or >= 1 (a roughness ratio), got {cfg.server_select}")
     if cfg.client_resources.num_cpus <= 0:
         raise ConfigError("client_resources.num_cpus must be > 0")
     if cfg.client_resources.num_gpus < 0:
@@ -155,6 +151,18 @@ def _validate(cfg: FederatedConfig) -> None:
     load_dataset(cfg.dataset, cfg.data.root)  # DataError now, not inside a Ray actor
 
 
+def _validate_budget(epsilon: float | None, budget: float | None) -> None:
+    """``privacy.budget``: a cap on a client's total over its releases, so positive, at least one
+    release's ``privacy.epsilon``, and only with DP."""
+    if budget is None:
+        return
+    if epsilon is None:
+        raise ConfigError(f"privacy.budget={budget} caps the epsilon of DP releases; set privacy.epsilon too")
+    if not (budget > 0 and budget >= epsilon) or math.isinf(budget):
+        raise ConfigError(f"privacy.budget must be > 0 and >= privacy.epsilon ({epsilon:g}, one release), "
+                          f"got {budget}")
+
+
 def run_config(cfg: FederatedConfig, strategy: str) -> dict[str, Any]:
     """The kebab-case run config the ServerApp of ``strategy`` gets (and sends on to clients)."""
     return {
@@ -167,28 +175,27 @@ def run_config(cfg: FederatedConfig, strategy: str) -> dict[str, Any]:
         "dp-lr-img": float(cfg.dp_lr_img), "dp-min-class-images": cfg.dp_min_class_images, "codec": cfg.codec,
         "model": cfg.model, "width": cfg.width, "server-epochs": cfg.server_epochs,
         "server-noise": float(cfg.server_noise), "server-noise-decay": float(cfg.server_noise_decay),
-        "server-select": float(cfg.server_select),
-        "server-balance": bool(cfg.server_balance), "server-standardize": bool(cfg.server_standardize),
-        "server-teachers": int(cfg.server_teachers), "server-lr": float(cfg.server_lr),
-        "local-epochs": cfg.local_epochs, "lr": float(cfg.lr),
-        "device": cfg.device, "fault": cfg.fault, "epsilon": float(cfg.privacy.epsilon or 0.0),
-        "delta": float(cfg.privacy.delta), "max-grad-norm": float(cfg.privacy.max_grad_norm),
+        "server-standardize": bool(cfg.server_standardize), "local-epochs": cfg.local_epochs, "lr": float(cfg.lr),
+        "device": cfg.device, "epsilon": float(cfg.privacy.epsilon or 0.0), "delta": float(cfg.privacy.delta),
+        "budget": float(cfg.privacy.budget or 0.0), "max-grad-norm": float(cfg.privacy.max_grad_norm),
         "accountant": cfg.privacy.accountant, "dp-normalize": bool(cfg.privacy.normalize),
-        "dp-center": bool(cfg.privacy.center), "dp-pool": bool(cfg.privacy.pool),
-        "dp-replay": int(cfg.privacy.replay), "dp-clamp": bool(cfg.privacy.clamp),
-        "dp-downsample": int(cfg.privacy.downsample), "dp-subspace": int(cfg.privacy.subspace),
-        "dp-subspace-below": int(cfg.privacy.subspace_below), "dp-public": str(cfg.privacy.public),
-        "dp-public-fill": float(cfg.privacy.public_fill), "dp-schedule": str(cfg.privacy.schedule),
+        "dp-center": bool(cfg.privacy.center), "dp-replay": int(cfg.privacy.replay),
         "secure-mode": bool(cfg.privacy.secure_mode), "client-threads": cfg.threads, "server-threads": cfg.threads,
     }
 
 
-def simulate(cfg: FederatedConfig, strategy: str) -> dict[str, Any]:
-    """Run one strategy with ``run_simulation`` and return the ServerApp's result."""
+def simulate(cfg: FederatedConfig, strategy: str, client_app: ClientApp | None = None) -> dict[str, Any]:
+    """Run one strategy with ``run_simulation`` and return the ServerApp's result.
+
+    ``client_app``: the ClientApp every simulated SuperNode runs (default: fedcl's,
+    :mod:`fedcl.federated.client_app`); another one must answer the same messages.
+    """
     from flwr.simulation import run_simulation
 
-    from fedcl.federated.client_app import app as client_app
     from fedcl.federated.server_app import make_server_app
+
+    if client_app is None:
+        from fedcl.federated.client_app import app as client_app
 
     # Ray starts its workers (the simulated clients) at niceness 15, so that any other process on the
     # machine, the ServerApp's own training included, starves them; measured here: a one-shot round
@@ -209,24 +216,27 @@ def simulate(cfg: FederatedConfig, strategy: str) -> dict[str, Any]:
 def centralised(cfg: FederatedConfig) -> dict[str, Any]:
     """The same model trained on all the training data (the bar the summaries aim at): real images, so
     without ``server_noise`` and ``server_standardize``, which are meant for DP summaries, at the
-    protocol's learning rate ``lr`` rather than ``server_lr``, and one plain training, without
-    ``server_teachers``."""
+    learning rate ``lr``."""
     import dataclasses
 
     from fedcl.federated.task import TaskSettings, load_data, make_model, train_global
 
     s = dataclasses.replace(TaskSettings.from_record(run_config(cfg, "oneshot")), server_noise=0.0,
-                            server_standardize=False, server_teachers=0, server_lr=cfg.lr)
+                            server_standardize=False)
     data = load_data(s.dataset, s.data_root)
     t0 = time.perf_counter()
     model = make_model(s, data, seed=cfg.seed)
-    acc = train_global(s, model, data.train_images, data.train_labels, data, epochs=cfg.central_epochs, seed=cfg.seed)
+    acc = train_global(s, model, data.train_images, data.train_labels, data, epochs=cfg.central_epochs, seed=cfg.seed,
+                       lr=cfg.lr)
     return {"final_accuracy": acc, "epochs": cfg.central_epochs, "train_images": int(len(data.train_labels)),
             "seconds": time.perf_counter() - t0}
 
 
-def run_federated(cfg: FederatedConfig) -> dict[str, Any]:
-    """Run every configured strategy (and the centralised baseline); return metrics.json's content."""
+def run_federated(cfg: FederatedConfig, client_app: ClientApp | None = None) -> dict[str, Any]:
+    """Run every configured strategy (and the centralised baseline); return metrics.json's content.
+
+    ``client_app``: the ClientApp of the simulated clients (default: fedcl's; see :func:`simulate`).
+    """
     import torch
 
     torch.set_num_threads(cfg.threads)
@@ -234,7 +244,7 @@ def run_federated(cfg: FederatedConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     results: dict[str, Any] = {}
     for name in cfg.strategies:
-        r = simulate(cfg, name)
+        r = simulate(cfg, name, client_app)
         r.pop("config", None)
         results[name] = r
     metrics: dict[str, Any] = {"dataset": cfg.dataset, "num_clients": cfg.num_clients, "partition": cfg.partition,
@@ -264,7 +274,7 @@ def main(argv: list[str]) -> int:
         write_report(folder, metrics)
     for name, r in metrics["strategies"].items():
         print(f"{name:8s} accuracy {r['final_accuracy']:.4f}  uplink {r['uplink_bytes']:,} B  "
-              f"dropped {r['dropped_summaries']}")
+              f"dropped {r['dropped_summaries']}  refused {r['refused_summaries']}")
     if "centralised" in metrics:
         print(f"centralised accuracy {metrics['centralised']['final_accuracy']:.4f}")
     return 0

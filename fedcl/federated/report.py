@@ -18,15 +18,15 @@ def _cumulative(per_round: list[int]) -> list[int]:
 
 def results_table(metrics: dict[str, Any]) -> str:
     """A markdown table: one row per strategy (and the centralised baseline)."""
-    lines = ["| strategy | rounds | final accuracy | uplink bytes | downlink bytes | dropped summaries |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| strategy | rounds | final accuracy | uplink bytes | downlink bytes | dropped summaries | refused summaries |",
+             "|---|---|---|---|---|---|---|"]
     for name, r in metrics["strategies"].items():
         lines.append(f"| {name} | {r['rounds']} | {r['final_accuracy']:.4f} | {r['uplink_bytes']:,} | "
-                     f"{r['downlink_bytes']:,} | {r['dropped_summaries']} |")
+                     f"{r['downlink_bytes']:,} | {r['dropped_summaries']} | {r.get('refused_summaries', 0)} |")
     if "centralised" in metrics:
         c = metrics["centralised"]
         lines.append(f"| centralised ({c['epochs']} epochs, all {c['train_images']} images) | - | "
-                     f"{c['final_accuracy']:.4f} | - | - | - |")
+                     f"{c['final_accuracy']:.4f} | - | - | - | - |")
     return "\n".join(lines)
 
 

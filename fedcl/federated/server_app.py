@@ -27,7 +27,7 @@ from fedcl.federated.validate import SummarySpec, default_max_bytes
 from fedcl.registry import Registry
 from strategies.summaries import FedDMSummaries, OneShotSummaries
 
-__all__ = ["STRATEGIES", "SERVER_DEFAULTS", "app", "make_server_app", "run_server"]
+__all__ = ["STRATEGIES", "SERVER_DEFAULTS", "app", "make_server_app", "privacy_table", "run_server"]
 
 SERVER_DEFAULTS: dict[str, Any] = {"strategy": "oneshot", "num-rounds": 1, "min-nodes": 2, "min-summaries": 1,
                                    "round-timeout": 3600.0, "result-file": "", "max-summary-images": 0}
@@ -40,14 +40,14 @@ STRATEGIES: Registry[tuple[Strategy, int, str]] = Registry("federated strategy")
 def _oneshot(s: TaskSettings, cfg: dict, spec: SummarySpec, train_fn: Callable) -> tuple[Strategy, int, str]:
     n = int(cfg["min-nodes"])
     return OneShotSummaries(train_fn, spec, codec=s.codec, min_train_nodes=n, min_available_nodes=n,
-                            min_summaries=int(cfg["min-summaries"]), select_ratio=s.server_select), 1, "summary"
+                            min_summaries=int(cfg["min-summaries"])), 1, "summary"
 
 
 @STRATEGIES.register("feddm")
 def _feddm(s: TaskSettings, cfg: dict, spec: SummarySpec, train_fn: Callable) -> tuple[Strategy, int, str]:
     n = int(cfg["min-nodes"])
     return FedDMSummaries(train_fn, spec, codec=s.codec, min_train_nodes=n, min_available_nodes=n,
-                          min_summaries=int(cfg["min-summaries"]), select_ratio=s.server_select), int(cfg["num-rounds"]), "summary"
+                          min_summaries=int(cfg["min-summaries"])), int(cfg["num-rounds"]), "summary"
 
 
 @STRATEGIES.register("fedavg")
@@ -62,10 +62,14 @@ def run_server(grid: Grid, run_config: dict[str, Any]) -> dict[str, Any]:
 
     Returns:
         ``{strategy, final_accuracy, accuracy_per_round, class_accuracy, summary_class_images,
-        uplink_bytes, downlink_bytes, rounds, dropped_summaries, dropped, epsilon_per_client, seconds, ...}``
-        (accuracies in [0, 1]; ``accuracy_per_round[0]`` is the initial model; ``class_accuracy`` is
-        the final model's recall per class; ``summary_class_images`` counts the images per class of
-        the union of summaries the server last trained on, None for weight-averaging strategies).
+        uplink_bytes, downlink_bytes, rounds, dropped_summaries, dropped, refused_summaries, refused,
+        privacy_per_client, seconds, ...}`` (accuracies in [0, 1]; ``accuracy_per_round[0]`` is the
+        initial model; ``class_accuracy`` is the final model's recall per class;
+        ``summary_class_images`` counts the images per class of the union of summaries the server
+        last trained on, None for weight-averaging strategies; ``refused`` lists the summaries
+        clients refused to make over their privacy budget; ``privacy_per_client`` is each DP
+        client's ledger as its last reply stated it, by partition id: ``{epsilon, releases,
+        budget, refused}``, the total epsilon of its releases at ``delta``, budget None for no cap).
     """
     cfg = {**SERVER_DEFAULTS, **run_config}
     s = TaskSettings.from_record(cfg)
@@ -101,15 +105,38 @@ def run_server(grid: Grid, run_config: dict[str, Any]) -> dict[str, Any]:
     acc = [float(m["accuracy"]) for m in evals]
     union = getattr(strategy, "union_class_images", None)
     dropped = list(getattr(strategy, "dropped", []))
+    refused = list(getattr(strategy, "refused", []))
     client_metrics = getattr(strategy, "client_metrics", {})
-    eps = {str(int(m[-1].get("partition-id", n))): float(m[-1].get("epsilon", 0.0)) for n, m in client_metrics.items()}
     return {"strategy": name, "final_accuracy": acc[-1] if acc else math.nan, "accuracy_per_round": acc,
             "class_accuracy": [float(a) for a in evals[-1]["class-accuracy"]] if evals else [],
             "summary_class_images": union,
             "rounds": rounds, **counting.totals(), "dropped_summaries": len(dropped), "dropped": dropped,
-            "epsilon_per_client": eps, "summary_images": sum(int(m[-1].get("summary-images", 0))
-                                                             for m in client_metrics.values()),
+            "refused_summaries": len(refused),
+            "refused": [{k: r[k] for k in ("round", "node", "reason")} for r in refused],
+            "privacy_per_client": privacy_table(client_metrics, refused),
+            "summary_images": sum(int(m[-1].get("summary-images", 0)) for m in client_metrics.values()),
             "seconds": time.perf_counter() - t0, "config": {k: v for k, v in cfg.items() if not isinstance(v, bytes)}}
+
+
+def privacy_table(client_metrics: dict[int, list[dict[str, Any]]], refused: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each DP client's ledger, by partition id, from its latest reply (a summary's or a refusal's
+    metrics): ``{epsilon, releases, budget, refused}``; empty without DP."""
+    latest: dict[int, dict[str, Any]] = {}
+    counts: dict[int, int] = {}
+    replies = [(n, m) for n, ms in client_metrics.items() for m in ms]
+    replies += [(int(r["node"]), {"round": r["round"], **r.get("metrics", {})}) for r in refused]
+    for node, m in sorted(replies, key=lambda nm: int(nm[1].get("round", 0))):
+        latest[node] = m
+    for r in refused:
+        counts[int(r["node"])] = counts.get(int(r["node"]), 0) + 1
+    table = {}
+    for node, m in latest.items():
+        if int(m.get("releases", 0)) or node in counts:
+            budget = float(m.get("budget", 0.0))
+            table[str(int(m.get("partition-id", node)))] = {
+                "epsilon": float(m.get("epsilon", 0.0)), "releases": int(m.get("releases", 0)),
+                "budget": budget or None, "refused": counts.get(node, 0)}
+    return dict(sorted(table.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else kv[0]))
 
 
 def make_server_app(overrides: dict[str, Any] | None = None, sink: dict[str, Any] | None = None) -> ServerApp:

@@ -58,13 +58,15 @@ class FRePO(KernelMatching):
         net = access.network(self.make_network(in_shape, num_classes), first=first)
         return {"net": net, "opt": torch.optim.Adam(net.parameters(), lr=self.lr_net), "age": age}
 
+    def start(self, access: RealAccess, in_shape: torch.Size, num_classes: int) -> None:
+        """A fresh pool for each run, at staggered ages (as FRePO starts it)."""
+        step = self.max_online_updates // self.pool_size
+        self._pool = [self._member(access, in_shape, num_classes, step * i, first=i == 0)
+                      for i in range(self.pool_size)]
+        self._access, self._shape, self._num_classes = access, in_shape, num_classes
+
     def features(self, it: int, access: RealAccess, in_shape: torch.Size, num_classes: int,
                  gen: torch.Generator) -> FeatureFn:
-        if it == 0:  # a fresh pool for each run, at staggered ages (as FRePO starts it)
-            step = self.max_online_updates // self.pool_size
-            self._pool = [self._member(access, in_shape, num_classes, step * i, first=i == 0)
-                          for i in range(self.pool_size)]
-            self._access, self._shape, self._num_classes = access, in_shape, num_classes
         self._current = int(torch.randint(self.pool_size, (1,), generator=gen))
         net = self._pool[self._current]["net"].eval()
         for p in net.parameters():

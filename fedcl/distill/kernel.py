@@ -18,7 +18,9 @@ they are read with :meth:`~fedcl.distill.access.RealAccess.class_means`; :func:`
 equals the KRR loss in value and in gradient, and the synthetic side keeps its graph. Classes weigh
 equally (the exact access draws ``batch_real`` images of each). Each row is an example's gradient of
 the loss in the head ``W``, so under DP the private access clips those per-example gradients and
-adds noise, and the engine is private with no DP copy of its loop.
+adds noise, and the engine is private with no DP copy of its loop (with ``privacy.normalize``, its
+default, every row is scaled to norm ``max_grad_norm`` instead of clipped: normalised per-example
+gradients; ``privacy.normalize=false`` clips).
 
 The mean-squared loss is what makes the real side a per-class mean; RFAD's Platt (cross-entropy)
 variant is not, so it is not offered.
@@ -123,6 +125,9 @@ class KernelMatching(Distiller):
             raise ConfigError(f"{self.name}: need iterations >= 0, batch_real >= 1, lr_img > 0 and reg > 0; got "
                               f"{self.iterations}, {self.batch_real}, {self.lr_img}, {self.reg}")
 
+    def start(self, access: RealAccess, in_shape: torch.Size, num_classes: int) -> None:
+        """Hook before the first iteration (FRePO builds its pool here); nothing by default."""
+
     def features(self, it: int, access: RealAccess, in_shape: torch.Size, num_classes: int,
                  gen: torch.Generator) -> FeatureFn:
         """The feature map of iteration ``it`` (the same one for the synthetic and the real images)."""
@@ -144,6 +149,7 @@ class KernelMatching(Distiller):
         y_s = targets(syn_labels)
         syn = syn.detach().clone().requires_grad_(True)
         opt = torch.optim.Adam([syn], lr=self.lr_img)
+        self.start(access, syn.shape[1:], num_classes)
         for it in progress(range(self.iterations), desc=f"{access.prefix}{self.name} {self._meta.get('dataset', '')}",
                            enabled=self.progress):
             feat = self.features(it, access, syn.shape[1:], num_classes, gen)

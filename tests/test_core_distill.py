@@ -16,6 +16,7 @@ TINY = {"model_kwargs": {"width": 16}, "progress": False, "device": "cpu"}
 ITER = {"dm": {"iterations": 3}, "gm": {"iterations": 1, "outer_loop": 2, "inner_loop": 1},
         "dsa": {"iterations": 1, "outer_loop": 2, "inner_loop": 1}, "herding": {"feature_epochs": 1},
         "kcenter": {"feature_epochs": 1}}
+ITER.update({"kip": {"iterations": 2, "n_models": 1}, "frepo": {"iterations": 2, "pool_size": 2}})
 
 
 @pytest.mark.parametrize("method", list_distillers())

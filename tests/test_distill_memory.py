@@ -15,7 +15,8 @@ from fedcl.privacy import PrivacyConfig
 
 TINY = {"model_kwargs": {"width": 8}, "progress": False, "device": "cpu", "batch_real": 16}
 ITER = {"dm": {"iterations": 2}, "gm": {"iterations": 1, "outer_loop": 2, "inner_loop": 1},
-        "dsa": {"iterations": 1, "outer_loop": 2, "inner_loop": 1}}
+        "dsa": {"iterations": 1, "outer_loop": 2, "inner_loop": 1}, "kip": {"iterations": 2, "n_models": 1},
+        "frepo": {"iterations": 2, "pool_size": 2}}
 
 
 def test_every_memory_decodes_differentiably_within_its_budget() -> None:
@@ -76,15 +77,16 @@ def test_a_dp_release_plans_the_steps_of_the_decoded_images(digits) -> None:
     assert syn.meta["privacy"]["steps"] == 10  # 12 decoded images per class: the outer loop of ipc 10 (ipc 3: 1)
 
 
-def test_soft_labels_are_learned_by_gm_stored_and_used(digits, tmp_path) -> None:
-    kw = dict(iterations=2, outer_loop=2, inner_loop=1, soft_label_steps=5, lr_label=10.0, seed=2, **TINY)
-    engine = create_distiller("gm", soft_labels=True, **kw)
+@pytest.mark.parametrize("method", ["gm", "kip"])
+def test_soft_labels_are_learned_stored_and_used(method: str, digits, tmp_path) -> None:
+    kw = dict(soft_label_steps=5, lr_label=10.0, seed=2, **{**ITER[method], "iterations": 2}, **TINY)
+    engine = create_distiller(method, soft_labels=True, **kw)
     x, y = digits.train_images[:300], digits.train_labels[:300]
     seen = []
     syn = engine.distill(x, y, 1, callback=lambda it, s: seen.append(s.labels.clone()))
     assert syn.soft and syn.labels.shape == (10, 10)
     assert torch.allclose(syn.labels.sum(1), torch.ones(10), atol=1e-5)
-    assert not torch.allclose(seen[0], seen[-1])  # gm's loss moves them
+    assert not torch.allclose(seen[0], seen[-1])  # the loss sees the labels and moves them
     assert syn.meta["memory"]["soft_labels"] and syn.memory.stored_numel() == 10 * 64 + 10 * 10
     back = SyntheticSet.load(syn.save(tmp_path / "soft.safetensors"))
     assert torch.allclose(back.labels, syn.labels)

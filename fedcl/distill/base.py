@@ -254,12 +254,16 @@ class Distiller(ABC):
         with torch.no_grad():
             return net(memory())
 
-    def optimizer(self, memory: Memory, lr_img: float, momentum: float) -> torch.optim.Optimizer:
-        """SGD over the memory's stored images (``lr_img``) and soft-label logits (``lr_label``)."""
+    def param_groups(self, memory: Memory, lr_img: float) -> list[dict[str, Any]]:
+        """Optimiser groups: the memory's stored images at ``lr_img``, soft-label logits at ``lr_label``."""
         groups: list[dict[str, Any]] = [{"params": memory.image_parameters(), "lr": lr_img}]
         if memory.label_logits is not None:
             groups.append({"params": [memory.label_logits], "lr": self.lr_label})
-        return torch.optim.SGD(groups, lr=lr_img, momentum=momentum)
+        return groups
+
+    def optimizer(self, memory: Memory, lr_img: float, momentum: float) -> torch.optim.Optimizer:
+        """SGD (with ``momentum``) over :meth:`param_groups`."""
+        return torch.optim.SGD(self.param_groups(memory, lr_img), lr=lr_img, momentum=momentum)
 
     def wrap(self, memory: Memory, num_classes: int, privacy_meta: Any = None) -> SyntheticSet:
         """A SyntheticSet of ``memory`` (decoded, with its stored form) and this run's metadata."""

@@ -38,6 +38,7 @@ from torch import nn
 
 from fedcl.distill.access import RealAccess
 from fedcl.distill.base import Callback, Distiller, register_distiller
+from fedcl.distill.memory import Memory
 from fedcl.errors import ConfigError
 from fedcl.utils import progress
 
@@ -136,23 +137,28 @@ class KernelMatching(Distiller):
     def after_step(self, syn: torch.Tensor, targets: torch.Tensor, classes: list[int], gen: torch.Generator) -> None:
         """Hook after each image step (FRePO trains its pool here); nothing by default."""
 
-    def _distill(self, access: RealAccess, syn: torch.Tensor, syn_labels: torch.Tensor, classes: list[int],
-                 gen: torch.Generator, callback: Callback | None) -> torch.Tensor:
+    def _distill(self, access: RealAccess, memory: Memory, classes: list[int], gen: torch.Generator,
+                 callback: Callback | None) -> None:
         num_classes, k = access.real.num_classes, len(classes)
+        in_shape = torch.Size(memory.image_shape)
         # class label -> its column among this run's classes; targets are one-hot minus 1/K (both papers)
-        column = torch.full((num_classes,), -1, dtype=torch.long, device=syn.device)
-        column[torch.tensor(classes, device=syn.device)] = torch.arange(k, device=syn.device)
+        column = torch.full((num_classes,), -1, dtype=torch.long, device=self.device)
+        column[torch.tensor(classes, device=self.device)] = torch.arange(k, device=self.device)
+        cols = torch.tensor(classes, device=self.device)
 
         def targets(y: torch.Tensor) -> torch.Tensor:
             return F.one_hot(column[y.to(column.device)], k).float() - 1.0 / k
 
-        y_s = targets(syn_labels)
-        syn = syn.detach().clone().requires_grad_(True)
-        opt = torch.optim.Adam([syn], lr=self.lr_img)
-        self.start(access, syn.shape[1:], num_classes)
+        def syn_targets() -> torch.Tensor:  # soft labels: their probabilities over this run's classes
+            labels = memory.labels()
+            return labels[:, cols] - 1.0 / k if labels.ndim == 2 else targets(labels)
+
+        opt = torch.optim.Adam(self.param_groups(memory, self.lr_img), lr=self.lr_img)
+        self.start(access, in_shape, num_classes)
         for it in progress(range(self.iterations), desc=f"{access.prefix}{self.name} {self._meta.get('dataset', '')}",
                            enabled=self.progress):
-            feat = self.features(it, access, syn.shape[1:], num_classes, gen)
+            feat = self.features(it, access, in_shape, num_classes, gen)
+            syn, y_s = memory(), syn_targets()
             head = krr_head(feat(syn), y_s, self.reg)
             fixed = head.detach()
 
@@ -166,10 +172,9 @@ class KernelMatching(Distiller):
             loss.backward()
             opt.step()
             self.stats["kernel_loss"] = float(loss.detach())
-            self.after_step(syn.detach(), y_s, classes, gen)
+            self.after_step(syn.detach(), y_s.detach(), classes, gen)
             if callback is not None:
-                callback(it + 1, self.wrap(syn, syn_labels, num_classes))
-        return syn.detach()
+                callback(it + 1, self.wrap(memory, num_classes))
 
 
 @register_distiller("kip")

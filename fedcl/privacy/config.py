@@ -34,9 +34,10 @@ class PrivacyConfig:
         sample_rate: Poisson sampling rate of real examples per step; None picks
             ``batch_real * K / N`` (K classes, N examples), so a class's expected batch is
             ``batch_real`` when classes are balanced.
-        normalize: ``dm`` only: scale every real (and synthetic) embedding to norm exactly
-            ``max_grad_norm`` instead of only clipping it (same sensitivity; every example
-            then contributes the full bound, so the signal is as large as the noise allows).
+        normalize: scale every per-example row an engine averages through the access (dm's
+            embeddings, kip's and frepo's head gradients) to norm exactly ``max_grad_norm`` instead
+            of only clipping it (same sensitivity; every example then contributes the full bound,
+            so the signal is as large as the noise allows). Per-sample gradients (gm, dsa) are clipped.
         center: ``dm`` only: subtract, before clipping, the mean embedding of the current
             synthetic set (a function of earlier releases only) from every embedding, so the
             clipped contributions carry what tells the classes apart rather than the large

@@ -59,6 +59,48 @@ def sweep(dataset: str, root: str, method: str, eps: float, seeds: list[int], sp
     return run_sweep(cfg, out, log=lambda line: print(f"  {line}", flush=True))["rows"]
 
 
+def write_table(args: argparse.Namespace, seeds: list[int], lines: list[dict], t0: float, done: bool) -> Path:
+    """The results file of what has run so far (rewritten after every reported row)."""
+    import torch
+
+    import fedcl
+
+    minutes = (time.time() - t0) / 60
+    name = {"mnist": "MNIST-6k", "fashion_mnist": "Fashion-MNIST", "digits": "digits"}[args.dataset]
+    status = "" if done else " (partial: the study was still running when this was written)"
+    md = [f"## {name}: DP utility at ε = 1 and 10 (δ = 1e-5), ipc 10, ConvNet width 32",
+          "",
+          f"Command: `python experiments/dp_utility.py --dataset {args.dataset} --root {args.root}"
+          f"{' --quick' if args.quick else ''} --seeds {args.seeds} --methods {args.methods}` "
+          f"({minutes:.0f} min{status}). Device: CPU ({platform.processor() or platform.machine()}, 2 cores, one thread per "
+          f"run). Versions: fedcl {fedcl.__version__}, torch {torch.__version__}, python {platform.python_version()}.",
+          "",
+          "Each method's knob was chosen on a validation split (10% of the training data, stratified, seed 0) "
+          "at seed 0; the test set was read once, for the reported figure, on seeds "
+          f"{', '.join(map(str, seeds))}. The releases train on the other 90%.",
+          "",
+          "| method | ε | chosen on validation | val acc (%) | test acc (%) mean ± std over seeds | ε spent |",
+          "|---|---|---|---|---|---|"]
+    for line in lines:
+        if line["stage"] != "report":
+            continue
+        knob = TUNE[line["method"]][0]
+        accs = line["test_accuracy"]
+        sd = statistics.pstdev(accs) if len(accs) > 1 else 0.0
+        md.append(f"| {line['method']} | {line['epsilon']:g} | {knob}={line[knob]:g} | {100 * line['val_accuracy']:.1f} "
+                  f"| {100 * statistics.fmean(accs):.1f} ± {100 * sd:.1f} | {max(line['epsilon_spent']):.3f} |")
+    md += ["", "Candidates scored on validation (seed 0):", "",
+           "| method | ε | value | val acc (%) |", "|---|---|---|---|"]
+    for line in lines:
+        if line["stage"] == "select":
+            knob = TUNE[line["method"]][0]
+            md.append(f"| {line['method']} | {line['epsilon']:g} | {knob}={line[knob]:g} | "
+                      f"{100 * line['val_accuracy']:.1f} |")
+    target = REPO / "experiments" / "results" / f"dp_utility_{args.dataset}{'_quick' if args.quick else ''}.md"
+    target.write_text("\n".join(md) + "\n")
+    return target
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion_mnist", "digits"])
@@ -68,10 +110,6 @@ def main() -> None:
     parser.add_argument("--methods", default="dm,dsa,dpsgd")
     parser.add_argument("--quick", action="store_true", help="one candidate per knob, one seed, 1 eval model")
     args = parser.parse_args()
-    import torch
-
-    import fedcl
-
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = args.methods.split(",")
     if args.quick:
@@ -104,39 +142,8 @@ def main() -> None:
                           "test_accuracy": accs, "epsilon_spent": [r["epsilon"] for r in rows],
                           "release_seconds": [r["release_seconds"] for r in rows]})
             (out / "lines.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
-    minutes = (time.time() - t0) / 60
-    name = {"mnist": "MNIST-6k", "fashion_mnist": "Fashion-MNIST", "digits": "digits"}[args.dataset]
-    md = [f"## {name}: DP utility at ε = 1 and 10 (δ = 1e-5), ipc 10, ConvNet width 32",
-          "",
-          f"Command: `python experiments/dp_utility.py --dataset {args.dataset} --root {args.root}"
-          f"{' --quick' if args.quick else ''} --seeds {args.seeds} --methods {args.methods}` "
-          f"({minutes:.0f} min). Device: CPU ({platform.processor() or platform.machine()}, 2 cores, one thread per "
-          f"run). Versions: fedcl {fedcl.__version__}, torch {torch.__version__}, python {platform.python_version()}.",
-          "",
-          "Each method's knob was chosen on a validation split (10% of the training data, stratified, seed 0) "
-          "at seed 0; the test set was read once, for the reported figure, on seeds "
-          f"{', '.join(map(str, seeds))}. The releases train on the other 90%.",
-          "",
-          "| method | ε | chosen on validation | val acc (%) | test acc (%) mean ± std over seeds | ε spent |",
-          "|---|---|---|---|---|---|"]
-    for line in lines:
-        if line["stage"] != "report":
-            continue
-        knob = TUNE[line["method"]][0]
-        accs = line["test_accuracy"]
-        sd = statistics.pstdev(accs) if len(accs) > 1 else 0.0
-        md.append(f"| {line['method']} | {line['epsilon']:g} | {knob}={line[knob]:g} | {100 * line['val_accuracy']:.1f} "
-                  f"| {100 * statistics.fmean(accs):.1f} ± {100 * sd:.1f} | {max(line['epsilon_spent']):.3f} |")
-    md += ["", "Candidates scored on validation (seed 0):", "",
-           "| method | ε | value | val acc (%) |", "|---|---|---|---|"]
-    for line in lines:
-        if line["stage"] == "select":
-            knob = TUNE[line["method"]][0]
-            md.append(f"| {line['method']} | {line['epsilon']:g} | {knob}={line[knob]:g} | "
-                      f"{100 * line['val_accuracy']:.1f} |")
-    target = REPO / "experiments" / "results" / f"dp_utility_{args.dataset}{'_quick' if args.quick else ''}.md"
-    target.write_text("\n".join(md) + "\n")
-    print(f"wrote {target}")
+            write_table(args, seeds, lines, t0, done=False)
+    print(f"wrote {write_table(args, seeds, lines, t0, done=True)}")
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ COMMANDS: dict[str, Command] = {
     "evaluate": Command("fedcl.commands:evaluate_main", "fedcl.commands:EvaluateConfig",
                         "evaluate a saved synthetic set on one or more architectures",
                         args=(("PATH", "a synthetic.safetensors written by fedcl"),
-                              ("--model A,B", "architectures, comma-separated (same as models=[A,B])")),
+                              ("[--model A,B]", "architectures, comma-separated (same as models=[A,B])")),
                         to_config="fedcl.commands:evaluate_config_argv"),
     "continual": Command("fedcl.continual.command:main", "fedcl.continual.config:ContinualConfig",
                          "Avalanche benchmarks with distilled and stock replay"),
@@ -140,6 +140,18 @@ class _FlowerFilter(logging.Filter):
         return "The `run_simulation` function is deprecated" not in record.getMessage()
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to the current ``sys.stderr`` (which tests and tools may replace), not the one at creation."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def configure_output(verbose: bool = False) -> None:
     """Quiet by default: warnings only (INFO with ``verbose``), each log line once, no library warnings."""
     import warnings
@@ -148,7 +160,7 @@ def configure_output(verbose: bool = False) -> None:
     root = logging.getLogger()
     if not any(getattr(h, "_fedcl", False) for h in root.handlers):
         # a root handler of ours first also stops Opacus's import-time basicConfig from adding another
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         handler._fedcl = True  # type: ignore[attr-defined]
         root.addHandler(handler)

@@ -66,7 +66,7 @@ COMMANDS: dict[str, Command] = {
 _OPTIONS = [
     ("-h, --help", "list the command's keys with type, default and description"),
     ("--show-config", "print the resolved config as YAML and exit without running"),
-    ("-v, --verbose", "show INFO logs (Flower, Ray, fedcl); the default shows warnings only"),
+    ("-v, --verbose", "show INFO logs (Flower, fedcl); the default shows warnings only"),
     ("-V, --version", "print the version"),
 ]
 

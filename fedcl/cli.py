@@ -123,11 +123,19 @@ _QUIET_WARNINGS: list[dict[str, Any]] = [
 ]
 
 
+# Flower warnings about choices fedcl makes on purpose, not the user (so nothing to act on)
+_FLOWER_NOTICES = (
+    # fedcl.federated still calls run_simulation; it goes with Flower's current route (issue 31, item 3)
+    "The `run_simulation` function is deprecated",
+    # fedcl's FedAvg evaluates the global model on the server only (fedcl/federated/server_app.py)
+    "fraction_evaluate is set to 0.0",
+)
+
+
 class _FlowerFilter(logging.Filter):
-    """Keeps Flower's records at ``level`` and above, minus its ``run_simulation`` deprecation notice.
+    """Keeps Flower's records at ``level`` and above, minus the notices in ``_FLOWER_NOTICES``.
 
     A filter on the logger (not its level): importing flwr resets the ``flwr`` logger to DEBUG.
-    The deprecation notice goes when fedcl.federated leaves ``run_simulation`` (issue 31, item 3).
     """
 
     def __init__(self, level: int) -> None:
@@ -137,7 +145,8 @@ class _FlowerFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < self.level:
             return False
-        return "The `run_simulation` function is deprecated" not in record.getMessage()
+        message = record.getMessage()
+        return not any(notice in message for notice in _FLOWER_NOTICES)
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]

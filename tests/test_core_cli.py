@@ -152,6 +152,9 @@ def test_top_level_help_lists_commands_and_options(capsys) -> None:
         assert f"  {name} " in out
     assert "--show-config" in out and "--verbose" in out
     assert main(["help", "distill"]) == 0 and "eval.epochs" in capsys.readouterr().out
+    assert main(["-v", "distill", "--show-config", "ipc=2", "--verbose"]) == 0  # -v goes anywhere
+    assert "ipc: 2" in capsys.readouterr().out and logging.getLogger().level == logging.INFO
+    assert main(["distill", "--show-config"]) == 0 and logging.getLogger().level == logging.WARNING
 
 
 def test_attribute_docs_reads_google_style_sections() -> None:
@@ -246,6 +249,7 @@ def test_flower_logs_stay_at_warning_unless_verbose() -> None:
     assert quiet.filter(record(logging.WARNING, "a node dropped out"))
     assert not verbose.filter(record(logging.WARNING, "DEPRECATED FEATURE: The `run_simulation` function is "
                                                       "deprecated and will be removed"))
+    assert not quiet.filter(record(logging.WARNING, "fraction_evaluate is set to 0.0. Federated evaluation will be skipped."))
     assert not verbose.filter(record(logging.DEBUG, "x"))
 
 

@@ -26,10 +26,14 @@ T = TypeVar("T")
 
 @dataclass
 class DataConfig:
-    """Where datasets live: ``root`` (else ``$FEDCL_DATA``, else ``./data``); ``download`` needs internet.
+    """Where datasets live.
 
-    ``image_size`` resizes every image to N x N (None keeps the size); ``val_fraction`` carves a
-    stratified validation split (seed 0, the same for every command) out of the training data.
+    Attributes:
+        root: dataset folder (None: ``$FEDCL_DATA``, else ``./data``; ``digits`` is bundled).
+        download: fetch a missing torchvision dataset into ``root`` (needs internet).
+        image_size: resize every image to N x N (None keeps the dataset's size).
+        val_fraction: carve a stratified validation split (seed 0, the same for every command) out
+            of the training data; 0 keeps all of it for training.
     """
 
     root: str | None = None
@@ -42,7 +46,13 @@ class DataConfig:
 class EvalConfig:
     """The evaluation protocol: ``models`` fresh networks trained ``epochs`` on the synthetic set.
 
-    ``split`` is where accuracy is measured: ``test``, or ``val`` (needs ``data.val_fraction > 0``).
+    Attributes:
+        models: how many fresh networks are trained (accuracy is mean ± std over them).
+        epochs: SGD epochs of each network on the synthetic set (lr drops tenfold at half).
+        lr: SGD learning rate (momentum 0.9, weight decay 5e-4).
+        batch_size: minibatch size.
+        dsa: DSA augmentation while training (the DSA/DM papers' protocol).
+        split: where accuracy is measured: ``test``, or ``val`` (needs ``data.val_fraction > 0``).
     """
 
     models: int = 5
@@ -57,8 +67,23 @@ class EvalConfig:
 class DistillConfig:
     """``fedcl distill``: distill a dataset, evaluate the result, write a run folder.
 
-    ``iterations``, ``lr_img``, ``batch_real`` and ``dsa`` left as None take the engine's
-    defaults; ``engine`` passes further engine-specific options (validated by the engine).
+    Attributes:
+        dataset: registered dataset (``digits`` is bundled; mnist, cifar10 ... read ``data.root``).
+        method: registered engine (dm, gm, dsa, random, herding, kcenter ...).
+        ipc: images per class of the synthetic set (its storage budget).
+        model: registered network the engine matches with and the evaluation trains.
+        iterations: engine iterations (None: a short schedule that finishes in minutes; a number: the
+            engine's own, the papers', schedule; see ``fedcl.commands.QUICK_SCHEDULES``).
+        seed: drives every random choice (torch, numpy, python).
+        device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:1`` ...
+        out: run folder (None: ``runs/distill-<dataset>-<method>-ipc<ipc>-<timestamp>``).
+        lr_img: learning rate of the synthetic images (None: the engine's default).
+        batch_real: real images per class per iteration (None: the engine's default).
+        init: initial synthetic images, ``real`` (random real images) or ``noise``.
+        dsa: differentiable siamese augmentation while matching (None: the engine's default).
+        engine: further engine options, e.g. ``engine.outer_loop=5`` (validated by the engine).
+        model_kwargs: network options, e.g. ``model_kwargs.width=64``.
+        progress: progress bar on a terminal (never in CI logs or with ``FEDCL_PROGRESS=0``).
     """
 
     dataset: str = "digits"

@@ -55,7 +55,13 @@ def distill_step(out: Path, device: str) -> str:
 
 @dataclass
 class QuickstartConfig:
-    """Which steps to run (all by default), where, and on which device."""
+    """Which steps to run (all by default), where, and on which device.
+
+    Attributes:
+        steps: the steps to run, in order (distill, federated, privacy, continual).
+        device: auto (CUDA when present), cpu, cuda ...
+        out: run folder (None: ``runs/quickstart-<timestamp>``).
+    """
 
     steps: list[str] = field(default_factory=lambda: [s.rsplit(":", 1)[1].removesuffix("_step") for s in STEPS])
     device: str = "auto"

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
-__all__ = ["progress", "resolve_device", "seed_everything"]
+__all__ = ["progress", "progress_enabled", "resolve_device", "seed_everything"]
 
 T = TypeVar("T")
 
@@ -39,10 +40,24 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return dev
 
 
+def progress_enabled(enabled: bool = True) -> bool:
+    """Whether progress bars are shown: on a terminal only; never with ``FEDCL_PROGRESS=0`` or under CI.
+
+    ``$CI`` is set by GitHub Actions, GitLab CI and most other CI systems, some of which give jobs
+    a pseudo-terminal; ``FEDCL_PROGRESS=1`` shows bars there anyway.
+    """
+    setting = os.environ.get("FEDCL_PROGRESS", "")
+    if not enabled or setting == "0":
+        return False
+    if os.environ.get("CI", "").lower() not in ("", "0", "false") and setting != "1":
+        return False
+    return sys.stderr is not None and sys.stderr.isatty()
+
+
 def progress(iterable: Iterable[T], *, desc: str = "", total: int | None = None, enabled: bool = True, **kw: Any) -> Iterable[T]:
-    """A tqdm bar on a terminal, silent when stderr is not a TTY (CI logs) or when disabled."""
-    if not enabled or os.environ.get("FEDCL_PROGRESS", "1") == "0":
+    """A tqdm bar on a terminal; the plain iterable in CI logs, off a terminal, or when disabled."""
+    if not progress_enabled(enabled):
         return iterable
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, desc=desc, total=total, disable=None, leave=False, dynamic_ncols=True, **kw)
+    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True, **kw)

@@ -3,20 +3,45 @@
 The private real-data access that makes every engine DP lives in :mod:`fedcl.privacy.access`
 (reached through :meth:`PrivacyConfig.open_access`), the DP-SGD baseline in :mod:`fedcl.privacy.dpsgd`, the membership-inference
 audit in :mod:`fedcl.privacy.audit` and the privacy/utility sweep in :mod:`fedcl.privacy.sweep`.
+
+The names below are imported on first use (PEP 562): ``fedcl.privacy.config`` is read by
+every config, and importing it must not import Opacus (``import fedcl`` stays fast).
 """
 
-from fedcl.privacy.accounting import (
-    ACCOUNTANTS,
-    DPParams,
-    calibrate_noise,
-    compute_epsilon,
-    make_accountant,
-    resolve_privacy,
-    validate_privacy,
-)
-from fedcl.privacy.config import PrivacyConfig
-from fedcl.privacy.ledger import PrivacyLedger, Records
-from fedcl.privacy.mechanism import GaussianMechanism, clip_rows, private_network
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fedcl.privacy.accounting import (
+        ACCOUNTANTS,
+        DPParams,
+        calibrate_noise,
+        compute_epsilon,
+        make_accountant,
+        resolve_privacy,
+        validate_privacy,
+    )
+    from fedcl.privacy.config import PrivacyConfig
+    from fedcl.privacy.ledger import PrivacyLedger, Records
+    from fedcl.privacy.mechanism import GaussianMechanism, clip_rows, private_network
+
+_LAZY = {
+    "ACCOUNTANTS": "fedcl.privacy.accounting",
+    "DPParams": "fedcl.privacy.accounting",
+    "GaussianMechanism": "fedcl.privacy.mechanism",
+    "PrivacyConfig": "fedcl.privacy.config",
+    "PrivacyLedger": "fedcl.privacy.ledger",
+    "Records": "fedcl.privacy.ledger",
+    "calibrate_noise": "fedcl.privacy.accounting",
+    "clip_rows": "fedcl.privacy.mechanism",
+    "compute_epsilon": "fedcl.privacy.accounting",
+    "make_accountant": "fedcl.privacy.accounting",
+    "private_network": "fedcl.privacy.mechanism",
+    "resolve_privacy": "fedcl.privacy.accounting",
+    "validate_privacy": "fedcl.privacy.accounting",
+}
 
 __all__ = [
     "ACCOUNTANTS",
@@ -33,3 +58,15 @@ __all__ = [
     "resolve_privacy",
     "validate_privacy",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

@@ -26,13 +26,13 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Any
-
-from opacus.accountants import IAccountant, create_accountant
-from opacus.accountants.utils import get_noise_multiplier
+from typing import TYPE_CHECKING, Any
 
 from fedcl.errors import PrivacyError
 from fedcl.privacy.config import PrivacyConfig
+
+if TYPE_CHECKING:  # Opacus is imported where it is used: `import fedcl` stays fast
+    from opacus.accountants import IAccountant
 
 __all__ = ["ACCOUNTANTS", "DPParams", "calibrate_noise", "compute_epsilon", "make_accountant", "resolve_privacy",
            "validate_privacy"]
@@ -46,6 +46,8 @@ def make_accountant(name: str) -> IAccountant:
     Raises:
         PrivacyError: unknown name.
     """
+    from opacus.accountants import create_accountant
+
     try:
         return create_accountant(mechanism=name)
     except ValueError:
@@ -74,6 +76,8 @@ def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, ste
     Raises:
         PrivacyError: the budget cannot be reached (Opacus gives up above sigma = 1e6).
     """
+    from opacus.accountants.utils import get_noise_multiplier
+
     make_accountant(accountant)  # clear error for an unknown name
     try:
         return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,

@@ -37,7 +37,38 @@ BASELINES = ("dpsgd", "real")
 
 @dataclass
 class SweepConfig:
-    """The privacy/utility sweep (defaults finish on digits in a few minutes on 2 CPU cores)."""
+    """The privacy/utility sweep (defaults finish on digits in a few minutes on 2 CPU cores).
+
+    Attributes:
+        dataset: registered dataset.
+        epsilons: target epsilons, one DP release per method at each.
+        nodp: also one release of each method without DP.
+        methods: DP engines (dm, dsa ...), ``dpsgd`` (the model trained with Opacus) and ``real`` (no DP).
+        seeds: one full sweep per seed.
+        ipc: images per class of the distilled releases.
+        model: network of the releases, the evaluation and the audit.
+        width: the network's width.
+        iterations: dm iterations.
+        gm_iterations: gm/dsa iterations.
+        gm_outer_loop: gm/dsa outer loop (matching steps per network).
+        gm_inner_loop: gm/dsa inner loop (network training epochs per matching step).
+        batch_real: real images per class per step (the DP sample rate follows from it).
+        lr_img: dm image learning rate without DP.
+        dp_lr_img: dm image learning rate under DP.
+        dpsgd_epochs: DP-SGD training epochs.
+        dpsgd_batch_size: DP-SGD expected batch size.
+        dpsgd_lr: DP-SGD learning rate.
+        audit: run the membership-inference audit on one model of each release.
+        audit_members: training examples held out of every release as the audit's non-members.
+        audit_shadows: shadow models of the likelihood-ratio attack.
+        audit_shadow_size: training examples of each shadow model.
+        audit_shadow_pipeline: train each release's shadows through that release's own pipeline.
+        real_epochs: training epochs of the ``real`` (no DP) reference model.
+        device: auto (CUDA when present), cpu, cuda ...
+        threads: torch CPU threads (0 leaves torch's default).
+        out: run folder (None: ``runs/privacy-sweep-<timestamp>``).
+        progress: progress bars on a terminal.
+    """
 
     dataset: str = "digits"
     epsilons: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0])

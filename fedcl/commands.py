@@ -35,6 +35,9 @@ QUICK_SCHEDULES: dict[str, dict[str, Any]] = {
     "random": {},
     "herding": {},
     "kcenter": {},
+    # kip's default 8 networks per iteration are for a GPU; 2 keep a digits run within minutes
+    "kip": {"iterations": 200, "n_models": 2},
+    "frepo": {"iterations": 200},
 }
 
 
@@ -47,9 +50,11 @@ def engine_options(cfg: DistillConfig) -> dict[str, Any]:
     """Keywords for :func:`create_distiller` from a :class:`DistillConfig` (None = engine default)."""
     opts: dict[str, Any] = {"model": cfg.model, "model_kwargs": dict(cfg.model_kwargs) or None, "seed": cfg.seed,
                             "device": cfg.device, "progress": cfg.progress, "iterations": cfg.iterations,
-                            "lr_img": cfg.lr_img, "batch_real": cfg.batch_real, "dsa": cfg.dsa}
-    if cfg.init != "real":
-        opts["init"] = cfg.init
+                            "lr_img": cfg.lr_img, "batch_real": cfg.batch_real, "dsa": cfg.dsa, "init": cfg.init}
+    if cfg.param != "images" or cfg.param_kwargs:
+        opts.update(param=cfg.param, param_kwargs=dict(cfg.param_kwargs))
+    if cfg.soft_labels:
+        opts["soft_labels"] = True
     opts.update(cfg.engine)
     return opts
 
@@ -92,7 +97,8 @@ def run_distill(cfg: DistillConfig, folder: Path, data: ImageData | None = None)
         "dataset": data.name, "method": cfg.method, "ipc": cfg.ipc, "model": cfg.model, "seed": cfg.seed,
         "iterations": distiller.iterations, "seconds_per_iteration": distiller.stats.get("seconds_per_iteration"),
         "distill_seconds": distiller.stats.get("distill_seconds"), "device": str(resolve_device(cfg.device)),
-        "num_images": len(syn), f"{cfg.eval.split}_accuracy": result.as_dict(), "privacy": syn.meta.get("privacy"),
+        "num_images": len(syn), "stored_bytes": syn.stored_bytes(), "memory": syn.meta.get("memory"),
+        "soft_labels": syn.soft, f"{cfg.eval.split}_accuracy": result.as_dict(), "privacy": syn.meta.get("privacy"),
         "versions": versions(),
     }
     write_json(folder / "metrics.json", metrics)

@@ -79,10 +79,18 @@ class DistillConfig:
         out: run folder (None: ``runs/distill-<dataset>-<method>-ipc<ipc>-<timestamp>``).
         lr_img: learning rate of the synthetic images (None: the engine's default).
         batch_real: real images per class per iteration (None: the engine's default).
-        init: initial synthetic images, ``real`` (random real images) or ``noise``.
+        init: initial synthetic images, ``real`` (random real images) or ``noise`` (None: real, and
+            noise under DP, which never starts from real images).
         dsa: differentiable siamese augmentation while matching (None: the engine's default).
         engine: further engine options, e.g. ``engine.outer_loop=5`` (validated by the engine).
         model_kwargs: network options, e.g. ``model_kwargs.width=64``.
+        param: how the memory is stored: ``images`` (free pixels), ``idc`` (multi-formation: each
+            stored image holds factor x factor smaller images) or ``haba`` (bases and hallucinators);
+            ``ipc`` is then a storage budget.
+        param_kwargs: options of the parameterisation, e.g. ``param_kwargs.factor=2`` (idc),
+            ``param_kwargs.hallucinators=5`` (haba).
+        soft_labels: learn a soft label per decoded image (initialised from a network trained on the
+            real data; stored and counted; evaluated with soft cross-entropy; not under DP).
         progress: progress bar on a terminal (never in CI logs or with ``FEDCL_PROGRESS=0``).
     """
 
@@ -96,10 +104,13 @@ class DistillConfig:
     out: str | None = None
     lr_img: float | None = None
     batch_real: int | None = None
-    init: str = "real"
+    init: str | None = None
     dsa: bool | None = None
     engine: dict[str, Any] = field(default_factory=dict)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    param: str = "images"
+    param_kwargs: dict[str, Any] = field(default_factory=dict)
+    soft_labels: bool = False
     progress: bool = True
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

@@ -20,11 +20,11 @@ def save_grid(synthetic: SyntheticSet, path: str | Path, *, max_per_class: int =
     import matplotlib.pyplot as plt
 
     images = synthetic.denormalized()
-    classes = sorted(set(synthetic.labels.tolist()))
+    classes = sorted(set(synthetic.hard_labels.tolist()))
     cols = min(max(synthetic.class_counts()), max_per_class)
     fig, axes = plt.subplots(len(classes), cols, figsize=(cols * 0.8 + 0.4, len(classes) * 0.8 + 0.2), squeeze=False)
     for r, c in enumerate(classes):
-        idx = torch.nonzero(synthetic.labels == c).flatten()[:cols]
+        idx = torch.nonzero(synthetic.hard_labels == c).flatten()[:cols]
         for k in range(cols):
             ax = axes[r][k]
             ax.axis("off")

@@ -43,7 +43,7 @@ from fedcl.utils import progress as progress_bar
 from fedcl.utils import resolve_device
 
 __all__ = ["FORMAT", "ExpertSpec", "Experts", "data_hash", "default_cache_dir", "flatten_params", "load_experts",
-           "train_experts", "train_experts_on"]
+           "make_spec", "train_experts", "train_experts_on"]
 
 #: file format (and version) of a trajectory file; a change makes every older file stale
 FORMAT = "fedcl.experts/1"

@@ -176,6 +176,8 @@ class TrajectoryMatching(Distiller):
             raise ConfigError(f"batch_syn must be at least 1 (or unset), got {batch_syn}")
         if not (lr_img > 0 and lr_lr >= 0 and lr_teacher > 0):
             raise ConfigError(f"mtt needs lr_img > 0, lr_lr >= 0, lr_teacher > 0; got {lr_img}, {lr_lr}, {lr_teacher}")
+        if dsa_strategy is not None:
+            DSA(dsa_strategy)  # validates the operation names before any work
         self.iterations, self.syn_steps, self.expert_epochs = int(iterations), int(syn_steps), int(expert_epochs)
         self.max_start_epoch, self.num_experts, self.train_epochs = int(max_start_epoch), int(num_experts), int(train_epochs)
         self.lr_img, self.lr_lr, self.lr_teacher, self.momentum = float(lr_img), float(lr_lr), float(lr_teacher), float(momentum)

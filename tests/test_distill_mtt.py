@@ -214,3 +214,11 @@ def test_cli_runs_mtt_with_tesla_and_refuses_dp(tmp_path, capsys) -> None:
     assert main([*args, "privacy.epsilon=1", f"out={never}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "DP-SGD experts are not implemented" in err[0] and not never.exists()
+
+
+def test_the_engine_reuses_experts_trained_by_the_python_api(digits, digits_meta, tmp_path) -> None:
+    pre = train_experts(digits.train_images, digits.train_labels, dataset="digits", model_kwargs={"width": 8},
+                        num_experts=2, epochs=3, device="cpu", cache_dir=tmp_path)
+    eng = create_distiller("mtt", cache_dir=str(tmp_path), **TINY, **{**MTT, "iterations": 1})
+    syn = eng.distill(digits.train_images, digits.train_labels, 1, meta=digits_meta)
+    assert syn.meta["experts"]["source"] == "cache" and syn.meta["experts"]["key"] == pre.meta["key"]

@@ -202,6 +202,12 @@ def test_bad_settings_are_one_line(digits, digits_meta, opts, message, tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
+def test_divergence_ends_with_one_line(digits, digits_meta, tmp_path) -> None:
+    eng = create_distiller("mtt", cache_dir=str(tmp_path), lr_lr=1e6, **TINY, **MTT)
+    with pytest.raises(ConfigError, match="diverged .*lower engine.lr_lr"):
+        eng.distill(digits.train_images, digits.train_labels, 2, meta=digits_meta)
+
+
 def test_cli_runs_mtt_with_tesla_and_refuses_dp(tmp_path, capsys) -> None:
     out = tmp_path / "run"
     engine = [f"engine.{k}={v}" for k, v in MTT.items() if k != "iterations"]

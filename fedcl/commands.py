@@ -38,6 +38,8 @@ QUICK_SCHEDULES: dict[str, dict[str, Any]] = {
     # kip's default 8 networks per iteration are for a GPU; 2 keep a digits run within minutes
     "kip": {"iterations": 200, "n_models": 2},
     "frepo": {"iterations": 200},
+    # the reference: 5,000 iterations of 20 student steps on 100 experts x 50 epochs
+    "mtt": {"iterations": 100, "syn_steps": 10, "num_experts": 2},
 }
 
 

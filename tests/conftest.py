@@ -22,6 +22,12 @@ def mnist_root() -> Path | None:
     return None
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _expert_cache(tmp_path_factory):
+    """Expert trajectories trained by tests go to a temporary cache, never the user's."""
+    os.environ["FEDCL_CACHE"] = str(tmp_path_factory.mktemp("fedcl-cache"))
+
+
 @pytest.fixture(scope="session")
 def digits():
     """The bundled digits dataset (loaded once per session)."""

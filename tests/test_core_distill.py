@@ -15,7 +15,9 @@ from fedcl.errors import ConfigError, DataError
 TINY = {"model_kwargs": {"width": 16}, "progress": False, "device": "cpu"}
 ITER = {"dm": {"iterations": 3}, "gm": {"iterations": 1, "outer_loop": 2, "inner_loop": 1},
         "dsa": {"iterations": 1, "outer_loop": 2, "inner_loop": 1}, "herding": {"feature_epochs": 1},
-        "kcenter": {"feature_epochs": 1}}
+        "kcenter": {"feature_epochs": 1},
+        "mtt": {"iterations": 2, "num_experts": 1, "train_epochs": 2, "max_start_epoch": 1, "expert_epochs": 1,
+                "syn_steps": 2}}
 ITER.update({"kip": {"iterations": 2, "n_models": 1}, "frepo": {"iterations": 2, "pool_size": 2}})
 
 

@@ -16,7 +16,9 @@ from fedcl.privacy import PrivacyConfig
 TINY = {"model_kwargs": {"width": 8}, "progress": False, "device": "cpu", "batch_real": 16}
 ITER = {"dm": {"iterations": 2}, "gm": {"iterations": 1, "outer_loop": 2, "inner_loop": 1},
         "dsa": {"iterations": 1, "outer_loop": 2, "inner_loop": 1}, "kip": {"iterations": 2, "n_models": 1},
-        "frepo": {"iterations": 2, "pool_size": 2}}
+        "frepo": {"iterations": 2, "pool_size": 2},
+        "mtt": {"iterations": 2, "num_experts": 1, "train_epochs": 2, "max_start_epoch": 1, "expert_epochs": 1,
+                "syn_steps": 2, "lr_img": 1000.0}}
 
 
 def test_every_memory_decodes_differentiably_within_its_budget() -> None:
@@ -77,7 +79,7 @@ def test_a_dp_release_plans_the_steps_of_the_decoded_images(digits) -> None:
     assert syn.meta["privacy"]["steps"] == 10  # 12 decoded images per class: the outer loop of ipc 10 (ipc 3: 1)
 
 
-@pytest.mark.parametrize("method", ["gm", "kip"])
+@pytest.mark.parametrize("method", ["gm", "kip", "mtt"])
 def test_soft_labels_are_learned_stored_and_used(method: str, digits, tmp_path) -> None:
     kw = dict(soft_label_steps=5, lr_label=10.0, seed=2, **{**ITER[method], "iterations": 2}, **TINY)
     engine = create_distiller(method, soft_labels=True, **kw)

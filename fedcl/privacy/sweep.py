@@ -55,6 +55,8 @@ class SweepConfig:
         batch_real: real images per class per step (the DP sample rate follows from it).
         lr_img: dm image learning rate without DP.
         dp_lr_img: dm image learning rate under DP.
+        param: how the distilled releases store their images (``images``, ``idc``, ``haba``).
+        param_kwargs: options of ``param`` (e.g. ``param_kwargs.factor=2`` for idc).
         dpsgd_epochs: DP-SGD training epochs.
         dpsgd_batch_size: DP-SGD expected batch size.
         dpsgd_lr: DP-SGD learning rate.
@@ -85,6 +87,8 @@ class SweepConfig:
     batch_real: int = 32
     lr_img: float = 1.0
     dp_lr_img: float = 100.0
+    param: str = "images"
+    param_kwargs: dict[str, Any] = field(default_factory=dict)
     dpsgd_epochs: int = 15
     dpsgd_batch_size: int = 64
     dpsgd_lr: float = 0.1
@@ -169,7 +173,8 @@ def _release(cfg: SweepConfig, method: str, eps: float | None, seed: int, data: 
         return [res.model], [acc], res.privacy.as_dict() if res.privacy else None, time.perf_counter() - t0
     kw: dict[str, Any] = {"model": cfg.model, "model_kwargs": {"width": cfg.width}, "seed": seed, "device": dev,
                           "progress": cfg.progress, "init": "noise" if priv else "real", "batch_real": cfg.batch_real,
-                          "iterations": cfg.iterations if method == "dm" else cfg.gm_iterations}
+                          "iterations": cfg.iterations if method == "dm" else cfg.gm_iterations,
+                          "param": cfg.param, "param_kwargs": dict(cfg.param_kwargs)}
     if method == "dm":
         kw["lr_img"] = cfg.dp_lr_img if priv else cfg.lr_img
     else:

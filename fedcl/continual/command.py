@@ -2,7 +2,8 @@
 
 Writes one run folder: ``config.yaml``, ``metrics.json`` (per strategy: final average
 accuracy and forgetting as mean ± std over seeds, seconds distilling per experience, and
-each seed's accuracy matrix), ``results.md`` and ``accuracy_matrix.png``.
+each seed's accuracy matrix; for synthesising strategies run beside ``distilled_random`` or
+``distilled_herding``, ``gain_over_selection``), ``results.md`` and ``accuracy_matrix.png``.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import torch
 from fedcl.config import load_config
 from fedcl.continual.benchmarks import list_benchmarks, make_benchmark
 from fedcl.continual.config import ContinualConfig
-from fedcl.continual.report import plot_accuracy_matrices, results_table
-from fedcl.continual.runner import check_strategies, run_strategy
+from fedcl.continual.report import add_selection_gains, plot_accuracy_matrices, results_table
+from fedcl.continual.runner import SELECTION_BASELINES, check_strategies, run_strategy, synthesising_strategies
 from fedcl.errors import ConfigError
 from fedcl.runs import final_path, run_folder, save_config, write_json
 
@@ -71,6 +72,7 @@ def run(cfg: ContinualConfig, log: Any = print) -> dict[str, Any]:
                 "train_seconds_per_experience": _per_exp_mean(runs, "train_seconds_per_experience"),
                 "runs": runs,
             }
+        add_selection_gains(metrics, synthesising_strategies(list(cfg.strategies)), SELECTION_BASELINES)
         write_json(folder / "metrics.json", metrics)
         (folder / "results.md").write_text(results_table(metrics))
         plot_accuracy_matrices(metrics, folder / "accuracy_matrix.png")

@@ -116,6 +116,10 @@ class DistilledBuffer(ExemplarsBuffer):
         records_domain: what an experience's ``record_ids`` index (default ``<meta["dataset"]>/train``).
 
     Attributes:
+        memories: each class's stored memory (a one-class :class:`~fedcl.distill.memory.Memory`).
+        memory: each class's decoded images (what the learner trains on).
+        soft: each class's learned soft labels (distributions, one per decoded image), if any.
+        selects: the engine selects real images (its memory always shrinks by subsampling).
         distill_seconds: wall seconds spent distilling each experience, in order.
         privacy_spent: the privacy metadata each experience's distillation reported.
         ledger: with ``privacy``, the stream owner's :class:`~fedcl.privacy.ledger.PrivacyLedger`

@@ -54,6 +54,13 @@ def run(cfg: ContinualConfig, log: Any = print) -> dict[str, Any]:
     if cfg.mem_size < num_classes:
         raise ConfigError(f"mem_size={cfg.mem_size} is smaller than the {num_classes} classes of {cfg.benchmark}; "
                           f"use mem_size >= {num_classes}")
+    if synthesising_strategies(list(cfg.strategies)):
+        from fedcl.distill.memory import create_memory
+
+        # a class's smallest share (at the end of the stream) must hold the memory: e.g. an idc factor that does not
+        # divide the image size, or a haba budget too small for its hallucinators, fails here, before any training
+        create_memory(cfg.distill.param, [0], cfg.mem_size // num_classes, next(iter(benches.values())).in_shape,
+                      **dict(cfg.distill.param_kwargs))
     metrics: dict[str, Any] = {"config": {"benchmark": cfg.benchmark, "mem_size": cfg.mem_size, "seeds": list(cfg.seeds),
                                           "epochs": cfg.epochs, "model": cfg.model}, "strategies": {}}
     with run_folder(cfg.out, f"continual-{cfg.benchmark}") as folder:

@@ -9,7 +9,8 @@ hallucinator: copied) or class-major (images, bases, soft-label logits: the clas
 rows). So a prefix is kept: the first stored images of an ``images``/``idc`` memory (each a
 random real image at initialisation, so a prefix is an unbiased subset; for a selection
 engine, the first picks of its greedy order), the first bases of a ``haba`` memory, and the
-soft labels of what is kept.
+soft labels of what is kept. A ``haba`` class keeps its own copy of the experience's
+hallucinators, counted in its own share, so each class fits its budget on its own.
 """
 
 from __future__ import annotations

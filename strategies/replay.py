@@ -452,8 +452,9 @@ class DistilledReplay(SupervisedTemplate):
         model: the network.
         optimizer: its optimizer.
         criterion: the loss.
-        mem_size: total images in memory.
-        method: fedcl distillation engine (``dm`` default).
+        mem_size: the memory's budget in images' worth (a storage budget with a parameterisation: see
+            :class:`DistilledBuffer`).
+        method: fedcl distillation engine (``dm`` default; ``random``/``herding`` fill the same budget by selection).
         distiller_kwargs: engine options (iterations, model, model_kwargs, device ...).
         privacy: make each experience's distillation DP.
         shrink: ``subsample`` or ``redistill`` (see the module docstring).

@@ -8,13 +8,23 @@ that takes plugins. :class:`DistilledReplay` wraps that the way Avalanche's ``Re
 wraps ``ReplayPlugin``, with a GDumb-style option.
 
 Share rule (class-balanced, never above ``max_size``): with ``n`` classes seen so far,
-every class gets ``max_size // n`` images; the remainder goes, one image each, to the
+every class gets ``max_size // n`` images' worth; the remainder goes, one each, to the
 classes of the current experience (they are being distilled now, so they can take any
 size). Older classes shrink to their new share by ``shrink="subsample"`` (keep the first
-images of the class's synthetic set; they start from a random sample of real images, so
-a prefix is an unbiased subset) or ``shrink="redistill"`` (distill the class's current
-synthetic images into the smaller share with the same engine; it reads no real data, so
-under DP it is post-processing and costs no privacy).
+stored images of the class; they start from a random sample of real images, so a prefix
+is an unbiased subset) or ``shrink="redistill"`` (distill the class's current decoded
+images into the smaller share with the same engine; it reads no real data, so under DP it
+is post-processing and costs no privacy). A selection engine (``random``, ``herding``,
+``kcenter``) always subsamples: its memory is a selection of real images in the engine's
+order (random, or greedy herding / k-center), so a prefix is that engine's smaller selection.
+
+Memories (``distiller_kwargs`` ``param``, ``param_kwargs``, ``soft_labels``): each class is kept
+as a one-class :class:`~fedcl.distill.memory.Memory` (:mod:`strategies.class_memory`), and
+``max_size`` is a storage budget: a class's share of ``k`` images' worth stores ``k`` images'
+worth of numbers and decodes to more images (``idc`` with factor 2: ``4 k``; ``haba``: its
+bases times its hallucinators). Learners train on the decoded images: the GDumb-style learner
+(:class:`DistilledGDumbPlugin`) on the learned soft labels, the stock ``ReplayPlugin`` on hard
+labels (the most likely class of each soft label), since Avalanche datasets hold int targets.
 
 Privacy: with an enabled :class:`~fedcl.privacy.config.PrivacyConfig`, each experience's
 distillation is one DP release (``privacy.epsilon`` is its target). All releases go to ONE
@@ -43,9 +53,11 @@ from avalanche.training.templates import SupervisedTemplate
 from torch.utils.data import DataLoader
 
 from fedcl.distill import create_distiller, list_distillers
+from fedcl.distill.memory import Memory, create_memory
 from fedcl.errors import ConfigError
 from fedcl.privacy.config import PrivacyConfig
 from fedcl.privacy.ledger import PrivacyLedger, Records
+from strategies.class_memory import cut, decode, memories_from_state, memories_state, with_soft_labels
 
 __all__ = ["DistilledBuffer", "DistilledGDumbPlugin", "DistilledReplay", "class_shares"]
 
@@ -86,9 +98,15 @@ class DistilledBuffer(ExemplarsBuffer):
     """A class-balanced replay memory of distilled images (an Avalanche ``ExemplarsBuffer``).
 
     Args:
-        max_size: total images in memory (at least one per class it will see).
-        method: a fedcl distillation engine (``dm``, ``dsa``, ``gm``, ``random``, ``herding`` ...).
-        distiller_kwargs: options for :func:`fedcl.distill.create_distiller` (iterations, model ...).
+        max_size: the memory's budget in images' worth (at least one per class it will see). With
+            plain images (``param="images"``, the default) that is the number of images; with a
+            parameterisation it is a storage budget, and a class's share of ``k`` images' worth
+            decodes to more images (``idc``, factor ``f``: ``k f**2``; ``haba``: its bases times its
+            hallucinators), which is what the learner trains on.
+        method: any registered fedcl engine (``dm``, ``dsa``, ``gm``, ``kip``, ``frepo``, ``random``,
+            ``herding``, ``kcenter`` ...).
+        distiller_kwargs: options for :func:`fedcl.distill.create_distiller` (iterations, model ...,
+            ``param``, ``param_kwargs``, ``soft_labels``).
         num_classes: classes of the whole stream (for the labels); defaults to the largest seen + 1.
         privacy: a DP block; each experience's distillation then runs under it.
         shrink: how old classes shrink to a smaller share: ``subsample`` or ``redistill``.
@@ -98,6 +116,10 @@ class DistilledBuffer(ExemplarsBuffer):
         records_domain: what an experience's ``record_ids`` index (default ``<meta["dataset"]>/train``).
 
     Attributes:
+        memories: each class's stored memory (a one-class :class:`~fedcl.distill.memory.Memory`).
+        memory: each class's decoded images (what the learner trains on).
+        soft: each class's learned soft labels (distributions, one per decoded image), if any.
+        selects: the engine selects real images (its memory always shrinks by subsampling).
         distill_seconds: wall seconds spent distilling each experience, in order.
         privacy_spent: the privacy metadata each experience's distillation reported.
         ledger: with ``privacy``, the stream owner's :class:`~fedcl.privacy.ledger.PrivacyLedger`
@@ -121,7 +143,8 @@ class DistilledBuffer(ExemplarsBuffer):
             raise ConfigError(f"shrink must be one of {', '.join(SHRINK_RULES)}, got {shrink!r}")
         self.method = method
         self.distiller_kwargs = {"progress": False, **(distiller_kwargs or {})}
-        create_distiller(method, **self.distiller_kwargs)  # validate the options now, before any training
+        # validate the options now, before any training
+        self.selects = not create_distiller(method, **self.distiller_kwargs).synthesises
         self.num_classes = num_classes
         self.privacy = privacy
         self.shrink = shrink
@@ -135,7 +158,9 @@ class DistilledBuffer(ExemplarsBuffer):
             validate_privacy(privacy)
             self.ledger = PrivacyLedger(privacy.budget, privacy.delta, privacy.accountant, owner=owner)
         self.classes: list[int] = []
-        self.memory: dict[int, torch.Tensor] = {}
+        self.memories: dict[int, Memory] = {}  # what is stored: one memory per class
+        self.memory: dict[int, torch.Tensor] = {}  # what it decodes to: the images the learner sees
+        self.soft: dict[int, torch.Tensor] = {}  # learned soft labels of those images, where there are any
         self.tasks: dict[int, int] = {}
         self.experiences = 0
         self.distill_seconds: list[float] = []
@@ -198,8 +223,10 @@ class DistilledBuffer(ExemplarsBuffer):
         if self.ledger is not None and spent is not None:
             self.ledger.record(spent, name=f"experience {self.experiences} memory", records=records)
         self.privacy_spent.append(spent)
-        for c in new:
-            self.memory[c] = syn.images[syn.labels == c].to(x.dtype)
+        memory = syn.memory if syn.memory is not None else create_memory(
+            "images", new, ipc, syn.image_shape, images=syn.images)  # engines return their memory; sets from elsewhere
+        for c in new:  # straight to the share (a new class's share is ipc, or one less for the remainder)
+            self.memories[c] = cut(memory, c, min(shares[c], ipc))
             self.tasks[c] = int(task[y == c][0]) if task is not None else 0
         self.classes = seen
         self.experiences += 1
@@ -243,66 +270,108 @@ class DistilledBuffer(ExemplarsBuffer):
 
     def _apply_shares(self, shares: dict[int, int]) -> None:
         for c, share in shares.items():
-            images = self.memory[c]
-            if images.shape[0] <= share:
+            memory = self.memories[c]
+            if memory.ipc <= share:
                 continue
-            if self.shrink == "subsample":
-                self.memory[c] = images[:share].clone()
-            else:
-                labels = torch.full((images.shape[0],), c, dtype=torch.long)
-                kwargs = {**self.distiller_kwargs, "seed": self.seed + 10_000 + c}
-                syn = create_distiller(self.method, **kwargs).distill(
-                    images.float(), labels, share, num_classes=self.num_classes or max(self.classes) + 1,
-                    meta=self.meta)
-                self.memory[c] = syn.images.to(images.dtype)
+            # a selection is cut to its first picks (re-selecting from the memory would rank a handful of images
+            # with a network trained on them alone)
+            self.memories[c] = cut(memory, c, share) if self.shrink == "subsample" or self.selects else \
+                self._redistill(memory, c, share)
         self._rebuild()
+
+    def _redistill(self, memory: Memory, c: int, share: int) -> Memory:
+        """Distill class ``c``'s decoded images into ``share`` images' worth with the same engine and memory.
+
+        Soft labels are not learned again from one class alone: the new images take the mean of the
+        class's learned distributions, which keeps what they said about the other classes.
+        """
+        images, soft = decode(memory)
+        labels = torch.full((images.shape[0],), c, dtype=torch.long)
+        kwargs = {**self.distiller_kwargs, "seed": self.seed + 10_000 + c, "soft_labels": False}
+        syn = create_distiller(self.method, **kwargs).distill(
+            images, labels, share, num_classes=self.num_classes or max(self.classes) + 1, meta=self.meta)
+        part = syn.memory.requires_grad_(False) if syn.memory is not None else create_memory(
+            "images", [c], share, syn.image_shape, images=syn.images)
+        if soft is not None:
+            with_soft_labels(part, soft.mean(0, keepdim=True).expand(len(part.hard_labels), -1))
+        return part
 
     def stream_epsilon(self) -> float | None:
         """The stream owner's total epsilon, composed by :attr:`ledger` from the records each release read."""
         return self.ledger.spent() if self.ledger is not None and self.ledger.releases else None
 
     def _rebuild(self) -> None:
-        xs = [self.memory[c] for c in self.classes]
-        ys = [torch.full((m.shape[0],), c, dtype=torch.long) for c, m in zip(self.classes, xs)]
-        ts = [torch.full((m.shape[0],), self.tasks[c], dtype=torch.long) for c, m in zip(self.classes, xs)]
-        x, y, t = torch.cat(xs), torch.cat(ys), torch.cat(ts)
+        """Decode every class's memory; the Avalanche dataset holds hard labels (soft ones: their argmax)."""
+        self.memory, self.soft = {}, {}
+        for c in self.classes:
+            images, soft = decode(self.memories[c])
+            self.memory[c] = images.to(self._dtype)
+            if soft is not None:
+                self.soft[c] = soft
+        x, y = self.tensors(soft=False)
+        t = torch.cat([torch.full((self.memory[c].shape[0],), self.tasks[c], dtype=torch.long) for c in self.classes])
         self.buffer = _make_taskaware_tensor_classification_dataset(x, y, task_labels=t.tolist(), targets=y.tolist())
 
     # ---- inspection and checkpoints ------------------------------------------------------
     def class_counts(self) -> dict[int, int]:
-        """Images in memory for each class seen so far."""
+        """Decoded images in memory for each class seen so far (what the learner trains on)."""
         return {c: int(self.memory[c].shape[0]) for c in self.classes}
 
-    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The memory as ``(images, labels)`` tensors, class by class in order of arrival."""
+    def class_budgets(self) -> dict[int, int]:
+        """The share of each class seen so far, in images' worth of storage."""
+        return {c: self.memories[c].ipc for c in self.classes}
+
+    def stored_numel(self) -> int:
+        """Numbers stored by the memory (soft labels included): what a checkpoint or a sender holds."""
+        return sum(m.stored_numel() for m in self.memories.values())
+
+    def tensors(self, soft: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoded memory as ``(images, labels)`` tensors, class by class in order of arrival.
+
+        Args:
+            soft: with learned soft labels, return them as ``(N, num_classes)`` distributions (classes
+                without them as one-hot rows); False, or no soft labels: int64 class indices (the
+                most likely class of each soft label).
+        """
         if not self.classes:
             return torch.zeros(0), torch.zeros(0, dtype=torch.long)
         x = torch.cat([self.memory[c] for c in self.classes])
-        y = torch.cat([torch.full((self.memory[c].shape[0],), c, dtype=torch.long) for c in self.classes])
-        return x, y
+        hard = [self.soft[c].argmax(1) if c in self.soft else torch.full((self.memory[c].shape[0],), c)
+                for c in self.classes]
+        if not soft or not self.soft:
+            return x, torch.cat(hard).long()
+        width = max([self.num_classes or 0, max(self.classes) + 1, *(s.shape[1] for s in self.soft.values())])
+        rows = [torch.nn.functional.pad(self.soft[c], (0, width - self.soft[c].shape[1])) if c in self.soft
+                else torch.nn.functional.one_hot(h, width).float() for c, h in zip(self.classes, hard)]
+        return x, torch.cat(rows)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Tensors only (safe to save with safetensors; no pickle needed to restore).
 
+        Each class's stored memory travels as ``memory.<class>.<tensor>`` with its description as
+        JSON bytes (``memories``, uint8); ``images``/``labels`` are its decoded images and hard labels.
         The ledger and the per-experience privacy records travel as JSON bytes (``privacy``, uint8).
         """
-        x, y = self.tensors()
+        x, y = self.tensors(soft=False)
         privacy = {"ledger": self.ledger.to_dict() if self.ledger is not None else None,
                    "privacy_spent": self.privacy_spent}
-        return {"images": x.contiguous(), "labels": y, "classes": torch.tensor(self.classes, dtype=torch.long),
+        return {**memories_state(self.memories),
+                "images": x.contiguous(), "labels": y, "classes": torch.tensor(self.classes, dtype=torch.long),
                 "tasks": torch.tensor([self.tasks[c] for c in self.classes], dtype=torch.long),
                 "max_size": torch.tensor(self.max_size), "experiences": torch.tensor(self.experiences),
                 "distill_seconds": torch.tensor(self.distill_seconds, dtype=torch.float64),
                 "privacy": torch.tensor(list(json.dumps(privacy).encode()), dtype=torch.uint8)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore a memory written by :meth:`state_dict` (states without ``privacy`` load without a ledger).
+        """Restore a memory written by :meth:`state_dict` (states without ``privacy`` load without a ledger;
+        states without ``memories`` hold plain images).
 
         The restored ledger keeps every recorded release; a buffer built with a privacy block
         states it at that block's budget, delta and accountant (the cap in force is the current one).
 
         Raises:
             PrivacyError: the ``privacy`` entry is not a ledger state.
+            DataError: a stored memory does not fit its description.
         """
         if "privacy" in state:
             privacy = json.loads(bytes(state["privacy"].to(torch.uint8).tolist()).decode())
@@ -318,7 +387,11 @@ class DistilledBuffer(ExemplarsBuffer):
         self.tasks = {c: int(t) for c, t in zip(self.classes, state["tasks"])}
         self.distill_seconds = [float(s) for s in state["distill_seconds"]]
         x, y = state["images"], state["labels"]
-        self.memory = {c: x[y == c].clone() for c in self.classes}
+        if "memories" in state:
+            self.memories = memories_from_state(state)
+        else:  # written before memories were stored: the decoded images are the memory
+            self.memories = {c: create_memory("images", [c], int((y == c).sum()), tuple(x.shape[1:]),
+                                              images=x[y == c].float()).requires_grad_(False) for c in self.classes}
         if self.classes:
             self._dtype = x.dtype
             self._rebuild()
@@ -379,8 +452,9 @@ class DistilledReplay(SupervisedTemplate):
         model: the network.
         optimizer: its optimizer.
         criterion: the loss.
-        mem_size: total images in memory.
-        method: fedcl distillation engine (``dm`` default).
+        mem_size: the memory's budget in images' worth (a storage budget with a parameterisation: see
+            :class:`DistilledBuffer`).
+        method: fedcl distillation engine (``dm`` default; ``random``/``herding`` fill the same budget by selection).
         distiller_kwargs: engine options (iterations, model, model_kwargs, device ...).
         privacy: make each experience's distillation DP.
         shrink: ``subsample`` or ``redistill`` (see the module docstring).

@@ -37,6 +37,26 @@ def test_command_writes_run_folder(tmp_path, capsys):
     assert "| naive |" in capsys.readouterr().out
 
 
+def test_same_learner_baselines_and_gain_column(tmp_path):
+    out = tmp_path / "run"
+    assert main(["benchmark=split_digits", "strategies=[distilled,distilled_random,distilled_herding]",
+                 "mem_size=10", "seeds=[0,1]", "distill.param=idc", "distill.soft_labels=true", f"out={out}",
+                 *TINY]) == 0
+    m = json.loads((out / "metrics.json").read_text())["strategies"]
+    acc = {name: s["final_accuracy"]["mean"] for name, s in m.items()}
+    gain = m["distilled"]["gain_over_selection"]
+    best = max(("distilled_random", "distilled_herding"), key=acc.get)
+    assert gain["baseline"] == best and gain["mean"] == pytest.approx(acc["distilled"] - acc[best])
+    assert "gain_over_selection" not in m["distilled_random"] and gain["std"] >= 0.0
+    for s in m.values():  # the same budget and share rule: one image's worth per class at the end
+        assert s["runs"][0]["memory_class_budgets"] == {str(c): 1 for c in range(10)}
+    # idc decodes each stored image into 4 for the learner; a selection stores plain real images
+    assert m["distilled"]["runs"][0]["memory_class_counts"] == {str(c): 4 for c in range(10)}
+    assert m["distilled_herding"]["runs"][0]["memory_class_counts"] == {str(c): 1 for c in range(10)}
+    table = (out / "results.md").read_text()
+    assert "gain over selection" in table and f"(vs {best})" in table
+
+
 @pytest.mark.parametrize("args, error, match", [
     (["mem_size=5"], ConfigError, "mem_size >= 10"),
     (["strategies=[replay,nope]"], ConfigError, "unknown strategies"),
@@ -44,6 +64,11 @@ def test_command_writes_run_folder(tmp_path, capsys):
     (["benchmark=split_nothing"], ConfigError, "unknown benchmark"),
     (["no_such_key=1"], ConfigError, "no_such_key"),
     (["mem_size=lots"], ConfigError, "mem_size"),
+    (["distill.param=pixels"], ConfigError, "pixels"),
+    (["distill.param=idc", "distill.param_kwargs.factor=3"], ConfigError, "factor=3"),
+    (["mem_size=20", "distill.param=haba"], ConfigError, "haba"),
+    (["strategies=[distilled_dp]", "privacy.epsilon=1", "distill.soft_labels=true"], ConfigError, "soft labels"),
+    (["distill.shrink=cut"], ConfigError, "distill.shrink"),
 ])
 def test_bad_input_fails_before_training(tmp_path, args, error, match):
     out = tmp_path / "run"

@@ -133,7 +133,6 @@ def test_help_lists_every_key_with_type_and_default(command, capsys) -> None:
 
 
 _UNDOCUMENTED = {  # configs owned by other areas of issue 31; their owners document them (then drop the mark)
-    "continual": "MemoryDistillConfig (fedcl/continual/config.py) has no Attributes section yet",
     "federated": "FederatedConfig is redefined by issue 31 item 4 (one definition of the federated settings)",
 }
 

@@ -22,6 +22,7 @@ from avalanche.benchmarks import nc_benchmark
 from avalanche.benchmarks.utils.classification_dataset import _make_taskaware_tensor_classification_dataset
 
 from fedcl.data import ImageData, load_dataset
+from fedcl.errors import ConfigError
 from fedcl.registry import Registry
 
 __all__ = ["BENCHMARKS", "RECORD_IDS", "Benchmark", "list_benchmarks", "make_benchmark", "register_benchmark"]
@@ -78,13 +79,14 @@ def list_benchmarks() -> list[str]:
 
 def make_benchmark(name: str, *, root: str | None = None, seed: int = 0, n_experiences: int | None = None,
                    **data_options: Any) -> Benchmark:
-    """Build a registered benchmark (``split_digits``, ``split_mnist``, ``permuted_mnist`` ...).
+    """Build a registered benchmark (``split_digits``, ``split_mnist``, ``split_fashion_mnist``,
+    ``split_cifar10_jpeg``, ``split_imagefolder`` with ``root`` the folder, ``permuted_mnist`` ...).
 
     ``data_options`` (``image_size``, ``val_fraction``) go to :func:`fedcl.data.load_dataset`.
 
     Raises:
-        ConfigError: unknown name.
-        DataError: the dataset files are missing under ``root``.
+        ConfigError: unknown name, or classes that do not split into ``n_experiences`` equal experiences.
+        DataError: the dataset files are missing under ``root`` (or, for ``split_imagefolder``, a bad folder).
     """
     options = {k: v for k, v in data_options.items() if v}  # only what is set: other factories take none
     return BENCHMARKS.get(name)(root, seed, n_experiences, **options)
@@ -99,9 +101,13 @@ def _tensor_dataset(x: torch.Tensor, y: torch.Tensor, ids: bool = False) -> Any:
 def _split(dataset: str, name: str, default_exps: int) -> Factory:
     def build(root: str | None, seed: int, n_experiences: int | None, **options: Any) -> Benchmark:
         data = load_dataset(dataset, root, **options)
+        n = n_experiences or default_exps
+        if n < 1 or data.num_classes % n:
+            raise ConfigError(f"{name}: {data.num_classes} classes cannot be split into {n} experiences of equal "
+                              f"size; set n_experiences to a divisor of {data.num_classes}")
         scenario = nc_benchmark(_tensor_dataset(data.train_images, data.train_labels, ids=True),
                                 _tensor_dataset(data.test_images, data.test_labels),
-                                n_experiences=n_experiences or default_exps, task_labels=False, seed=seed)
+                                n_experiences=n, task_labels=False, seed=seed)
         return Benchmark(scenario, data, name, data.num_classes)
 
     build.__doc__ = f"Class-incremental {dataset}: classes in a seeded random order, {default_exps} experiences."
@@ -129,8 +135,11 @@ def _permuted(dataset: str, name: str, default_exps: int) -> Factory:
     return build
 
 
+# split_imagefolder reads data.root=DIR (train/<class>/*, test/<class>/*); split_cifar10_jpeg reads
+# <data root>/CIFAR10-JPEG (../shared/data): 5 experiences of 2 classes, class-incremental
 for _name, _ds, _exps in (("split_digits", "digits", 5), ("split_mnist", "mnist", 5),
-                          ("split_fashion_mnist", "fashion_mnist", 5), ("split_cifar10", "cifar10", 5)):
+                          ("split_fashion_mnist", "fashion_mnist", 5), ("split_cifar10", "cifar10", 5),
+                          ("split_imagefolder", "imagefolder", 5), ("split_cifar10_jpeg", "cifar10_jpeg", 5)):
     register_benchmark(_name)(_split(_ds, _name, _exps))
 for _name, _ds in (("permuted_digits", "digits"), ("permuted_mnist", "mnist")):
     register_benchmark(_name)(_permuted(_ds, _name, 5))

@@ -2,7 +2,8 @@
 
 Writes one run folder: ``config.yaml``, ``metrics.json`` (per strategy: final average
 accuracy and forgetting as mean ± std over seeds, seconds distilling per experience, and
-each seed's accuracy matrix), ``results.md`` and ``accuracy_matrix.png``.
+each seed's accuracy matrix; for synthesising strategies run beside ``distilled_random`` or
+``distilled_herding``, ``gain_over_selection``), ``results.md`` and ``accuracy_matrix.png``.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import torch
 from fedcl.config import load_config
 from fedcl.continual.benchmarks import list_benchmarks, make_benchmark
 from fedcl.continual.config import ContinualConfig
-from fedcl.continual.report import plot_accuracy_matrices, results_table
-from fedcl.continual.runner import check_strategies, run_strategy
+from fedcl.continual.report import add_selection_gains, plot_accuracy_matrices, results_table
+from fedcl.continual.runner import SELECTION_BASELINES, check_strategies, run_strategy, synthesising_strategies
 from fedcl.errors import ConfigError
 from fedcl.runs import final_path, run_folder, save_config, write_json
 
@@ -53,6 +54,13 @@ def run(cfg: ContinualConfig, log: Any = print) -> dict[str, Any]:
     if cfg.mem_size < num_classes:
         raise ConfigError(f"mem_size={cfg.mem_size} is smaller than the {num_classes} classes of {cfg.benchmark}; "
                           f"use mem_size >= {num_classes}")
+    if synthesising_strategies(list(cfg.strategies)):
+        from fedcl.distill.memory import create_memory
+
+        # a class's smallest share (at the end of the stream) must hold the memory: e.g. an idc factor that does not
+        # divide the image size, or a haba budget too small for its hallucinators, fails here, before any training
+        create_memory(cfg.distill.param, [0], cfg.mem_size // num_classes, next(iter(benches.values())).in_shape,
+                      **dict(cfg.distill.param_kwargs))
     metrics: dict[str, Any] = {"config": {"benchmark": cfg.benchmark, "mem_size": cfg.mem_size, "seeds": list(cfg.seeds),
                                           "epochs": cfg.epochs, "model": cfg.model}, "strategies": {}}
     with run_folder(cfg.out, f"continual-{cfg.benchmark}") as folder:
@@ -71,6 +79,7 @@ def run(cfg: ContinualConfig, log: Any = print) -> dict[str, Any]:
                 "train_seconds_per_experience": _per_exp_mean(runs, "train_seconds_per_experience"),
                 "runs": runs,
             }
+        add_selection_gains(metrics, synthesising_strategies(list(cfg.strategies)), SELECTION_BASELINES)
         write_json(folder / "metrics.json", metrics)
         (folder / "results.md").write_text(results_table(metrics))
         plot_accuracy_matrices(metrics, folder / "accuracy_matrix.png")

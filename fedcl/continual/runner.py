@@ -2,7 +2,11 @@
 
 Strategies are registry entries ``fn(ctx) -> SupervisedTemplate``: stock Avalanche
 (``naive``, ``replay``, ``herding``, ``gdumb``) and fedcl's distilled replay
-(``distilled``, ``distilled_dsa``, ``distilled_dp``).
+(``distilled``, ``distilled_dsa``, ``distilled_dp``), beside its same-learner baselines
+``distilled_random`` and ``distilled_herding``: the same budget, share rule and learner (a
+fresh model, the same epochs and augmentation), the memory filled by fedcl's ``random`` and
+``herding`` selection through the same :class:`~strategies.replay.DistilledBuffer`, so that
+the only difference from ``distilled`` is how the memory is filled.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from fedcl.registry import Registry
 from fedcl.utils import resolve_device, seed_everything
 from strategies.replay import DistilledReplay
 
-__all__ = ["STRATEGIES", "Context", "check_strategies", "list_strategies", "make_evaluator", "register_strategy",
+__all__ = ["SELECTION_BASELINES", "STRATEGIES", "Context", "check_strategies", "list_strategies", "make_evaluator", "register_strategy",
            "run_strategy"]
 
 
@@ -99,14 +103,28 @@ def _gdumb(ctx: Context) -> SupervisedTemplate:
     return GDumb(**ctx.common(), mem_size=ctx.cfg.mem_size)
 
 
+def _synthesises(method: str) -> bool:
+    from fedcl.distill import DISTILLERS
+
+    return bool(DISTILLERS.get(method).synthesises)
+
+
+def distiller_kwargs(cfg: ContinualConfig, method: str, device: str) -> dict[str, Any]:
+    """The engine options of a distilled strategy: a selection engine takes only the network and device
+    (it stores real images: no parameterisation, no soft labels, same budget)."""
+    d = cfg.distill
+    model_kwargs = dict(d.model_kwargs) or dict(cfg.model_kwargs)
+    if not _synthesises(method):
+        return {"model_kwargs": model_kwargs, "device": device}
+    return {"iterations": d.iterations, "lr_img": d.lr_img, "batch_real": d.batch_real, "model_kwargs": model_kwargs,
+            "device": device, "param": d.param, "param_kwargs": dict(d.param_kwargs), "soft_labels": d.soft_labels,
+            **dict(d.engine)}
+
+
 def _distilled(method: str, private: bool) -> Builder:
     def build(ctx: Context) -> SupervisedTemplate:
         d = ctx.cfg.distill
-        kwargs = {"iterations": d.iterations, "lr_img": d.lr_img, "batch_real": d.batch_real,
-                  "model_kwargs": dict(d.model_kwargs) or dict(ctx.cfg.model_kwargs), "device": str(ctx.device),
-                  **dict(d.engine)}
-        if method in ("random", "herding", "kcenter"):
-            kwargs = {k: v for k, v in kwargs.items() if k in ("model_kwargs", "device")}
+        kwargs = distiller_kwargs(ctx.cfg, method, str(ctx.device))
         return DistilledReplay(**ctx.common(), mem_size=ctx.cfg.mem_size, method=method, distiller_kwargs=kwargs,
                                privacy=ctx.cfg.privacy if private else None, shrink=d.shrink, gdumb=d.gdumb,
                                gdumb_epochs=d.gdumb_epochs, num_classes=ctx.bench.num_classes,
@@ -120,6 +138,17 @@ def _distilled(method: str, private: bool) -> Builder:
 register_strategy("distilled")(_distilled("dm", False))
 register_strategy("distilled_dsa")(_distilled("dsa", False))
 register_strategy("distilled_dp")(_distilled("dm", True))
+register_strategy("distilled_random")(_distilled("random", False))
+register_strategy("distilled_herding")(_distilled("herding", False))
+
+#: the same-learner baselines every synthesising distilled strategy is compared with
+SELECTION_BASELINES = ("distilled_random", "distilled_herding")
+
+
+def synthesising_strategies(names: list[str]) -> list[str]:
+    """The strategies among ``names`` whose memory an engine synthesises (reported against the baselines)."""
+    return [n for n in names if getattr(STRATEGIES.get(n), "engine", None) is not None
+            and _synthesises(STRATEGIES.get(n).engine)]
 
 
 def make_evaluator() -> EvaluationPlugin:
@@ -137,7 +166,9 @@ def run_strategy(cfg: ContinualConfig, bench: Benchmark, name: str, seed: int) -
     Returns:
         ``accuracy_matrix[i][j]`` (accuracy on test experience j after training experience i),
         ``final_accuracy``, ``forgetting`` (Avalanche's StreamForgetting), ``train_seconds`` and
-        ``distill_seconds`` per experience (training time excludes distillation).
+        ``distill_seconds`` per experience (training time excludes distillation); with a memory,
+        ``memory_class_counts`` (decoded images per class), ``memory_class_budgets`` (images' worth
+        per class) and ``memory_stored_numel`` (numbers stored, soft labels included).
     """
     seed_everything(seed)
     device = resolve_device(cfg.device)
@@ -164,7 +195,10 @@ def run_strategy(cfg: ContinualConfig, bench: Benchmark, name: str, seed: int) -
            "forgetting": float(res.get("StreamForgetting/eval_phase/test_stream", 0.0)),
            "train_seconds_per_experience": train_s, "distill_seconds_per_experience": distill_s}
     if storage is not None:
+        # decoded images (what the learner trains on), each class's budget in images' worth, and numbers stored
         out["memory_class_counts"] = {str(c): n for c, n in storage.class_counts().items()}
+        out["memory_class_budgets"] = {str(c): n for c, n in storage.class_budgets().items()}
+        out["memory_stored_numel"] = storage.stored_numel()
         spent = storage.privacy_spent
         if storage.privacy is not None and storage.privacy.enabled:
             if any(p is None for p in spent):
@@ -190,6 +224,9 @@ def check_strategies(cfg: ContinualConfig) -> None:
         raise ConfigError("strategies is empty; name at least one, e.g. strategies=[replay,distilled]")
     if "distilled_dp" in cfg.strategies and not cfg.privacy.enabled:
         raise ConfigError("strategy distilled_dp needs privacy.epsilon=... (or privacy.noise_multiplier=...)")
+    if "distilled_dp" in cfg.strategies and cfg.distill.soft_labels:
+        raise ConfigError("strategy distilled_dp cannot learn soft labels (their initialisation reads real data "
+                          "outside the DP mechanism); drop distill.soft_labels or distilled_dp")
     if cfg.privacy.enabled or cfg.privacy.budget is not None:
         from fedcl.privacy.accounting import validate_privacy
         from fedcl.privacy.ledger import LEDGER_ACCOUNTANTS
@@ -205,5 +242,11 @@ def check_strategies(cfg: ContinualConfig) -> None:
         if engine is not None and engine not in list_distillers():
             raise ConfigError(f"strategy {s!r} needs distillation engine {engine!r}, which is not registered; "
                               f"registered engines: {', '.join(list_distillers())}")
+        if engine is not None:  # bad param, param_kwargs or engine options: one line, before any data is loaded
+            from fedcl.distill import create_distiller
+
+            create_distiller(engine, **distiller_kwargs(cfg, engine, "cpu"))
+    if cfg.distill.shrink not in ("subsample", "redistill"):
+        raise ConfigError(f"distill.shrink must be subsample or redistill, got {cfg.distill.shrink!r}")
     if not cfg.seeds:
         raise ConfigError("seeds is empty; give at least one, e.g. seeds=[0]")

@@ -1,0 +1,85 @@
+"""Split benchmarks of image folders (made by the test), Split-Fashion-MNIST and Split-CIFAR-10-JPEG (../shared/data)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fedcl.continual.benchmarks import make_benchmark
+from fedcl.errors import ConfigError, DataError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _folder(root: Path, classes: int, per_class: int = 3) -> Path:
+    rng = np.random.default_rng(0)
+    for split, n in (("train", per_class), ("test", 2)):
+        for c in range(classes):
+            for i in range(n):
+                path = root / split / f"class{c}" / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8), "RGB").save(path)
+    return root
+
+
+def _shared(marker: str) -> Path | None:
+    for root in (os.environ.get("FEDCL_DATA"), *(base / "shared" / "data" for base in REPO.parents)):
+        if root and (Path(root) / marker).exists():
+            return Path(root)
+    return None
+
+
+def test_split_imagefolder_is_class_incremental(tmp_path):
+    root = _folder(tmp_path / "pets", classes=4)
+    bench = make_benchmark("split_imagefolder", root=str(root), seed=1, n_experiences=2, image_size=8)
+    train = bench.scenario.train_stream
+    assert len(train) == 2 and bench.num_classes == 4 and bench.in_shape == (3, 8, 8)
+    classes = [set(e.classes_in_this_experience) for e in train]
+    assert all(len(c) == 2 for c in classes) and set().union(*classes) == set(range(4))
+    assert sorted(int(i) for e in train for i in e.dataset.record_ids) == list(range(12))  # each record once
+
+
+def test_split_imagefolder_bad_input(tmp_path):
+    root = _folder(tmp_path / "three", classes=3)
+    with pytest.raises(ConfigError, match="3 classes cannot be split into 5 experiences"):
+        make_benchmark("split_imagefolder", root=str(root))
+    with pytest.raises(DataError):
+        make_benchmark("split_imagefolder", root=str(tmp_path / "nothing-here"))
+
+
+def test_continual_command_on_an_image_folder(tmp_path):
+    from fedcl.continual.command import main
+
+    root = _folder(tmp_path / "pets", classes=4, per_class=4)
+    out = tmp_path / "run"
+    assert main(["benchmark=split_imagefolder", f"data.root={root}", "n_experiences=2", "mem_size=4",
+                 "strategies=[distilled_random]", "epochs=1", "distill.gdumb_epochs=2", "model_kwargs.width=8",
+                 "device=cpu", f"out={out}"]) == 0
+    assert (out / "metrics.json").exists()
+
+
+def test_split_fashion_mnist_from_shared_data():
+    root = _shared("FashionMNIST/raw/train-images-idx3-ubyte")
+    if root is None:
+        pytest.skip("Fashion-MNIST not found (set FEDCL_DATA or provide ../shared/data)")
+    bench = make_benchmark("split_fashion_mnist", root=str(root), seed=0)
+    train = bench.scenario.train_stream
+    assert len(train) == 5 and all(len(e.classes_in_this_experience) == 2 for e in train)
+    assert all(len(e.dataset) == 12000 for e in train)  # 6,000 images of each of 2 classes
+    x, _, _ = train[0].dataset[0]
+    assert x.shape == (1, 28, 28) and x.dtype == torch.float32
+
+
+def test_split_cifar10_jpeg_from_shared_data():
+    root = _shared("CIFAR10-JPEG/train")
+    if root is None:
+        pytest.skip("CIFAR10-JPEG not found (set FEDCL_DATA or provide ../shared/data)")
+    bench = make_benchmark("split_cifar10_jpeg", root=str(root), seed=0)
+    train, test = bench.scenario.train_stream, bench.scenario.test_stream
+    assert len(train) == 5 and bench.in_shape == (3, 32, 32) and bench.data.name == "cifar10_jpeg"
+    assert [len(e.dataset) for e in train] == [10000] * 5 and [len(e.dataset) for e in test] == [2000] * 5

@@ -182,7 +182,7 @@ def evaluate_main(argv: list[str]) -> int:
 
     path, words = _evaluate_args(argv)
     if path is None:
-        raise ConfigError("fedcl evaluate needs PATH, a synthetic.safetensors written by fedcl")
+        raise ConfigError("fedcl evaluate needs PATH, a synthetic.safetensors or model.safetensors written by fedcl")
     cfg = load_config(EvaluateConfig, words)
     for name in cfg.models:
         MODELS.get(name)
@@ -229,8 +229,9 @@ def _evaluate_saved_model(path: str, cfg: EvaluateConfig) -> int:
     data = load_dataset_from_config(dataset, cfg.data)
     check_data(meta, data, path)
     r = evaluate_model(model, meta, data.for_evaluation(cfg.eval.split), device=cfg.device)
-    print(f"saved {meta['model']} ({meta.get('strategy', 'model')}, trained on {meta.get('dataset', '?')}) on "
-          f"{dataset}: {cfg.eval.split} accuracy {r['accuracy']:.4f} ({r['images']} images)")
+    strategy = f" ({meta['strategy']})" if meta.get("strategy") else ""
+    print(f"saved {meta['model']}{strategy} trained on {meta.get('dataset', '?')}, tested on {dataset}: "
+          f"{cfg.eval.split} accuracy {r['accuracy']:.4f} ({r['images']} images)")
     if cfg.out:
         with run_folder(cfg.out, "evaluate") as tmp:
             save_config(tmp, cfg)

@@ -61,8 +61,10 @@ def test_every_registered_model_round_trips(name, tmp_path) -> None:
     torch.manual_seed(0)
     kwargs = TINY_KWARGS.get(name, {})
     model = create_model(name, (1, 8, 8), 10, **kwargs).eval()
+    rng = torch.get_rng_state()
     path = _save(tmp_path / "m.safetensors", name, kwargs, model=model)
     loaded, meta = load_model(path)
+    assert torch.equal(torch.get_rng_state(), rng)  # saving and loading leave a run's random stream alone
     x = torch.randn(4, 1, 8, 8)
     assert torch.equal(loaded(x), model(x)) and not loaded.training
     assert (meta["format"], meta["model"], meta["model_kwargs"]) == (FORMAT, name, kwargs)
@@ -119,7 +121,7 @@ def test_evaluate_tests_a_saved_model_on_its_dataset(trained, digits, tmp_path, 
     out = tmp_path / "eval"
     assert main(["evaluate", str(path), "device=cpu", f"out={out}"]) == 0
     printed = capsys.readouterr().out
-    assert "saved mlp (test, trained on digits) on digits: test accuracy" in printed
+    assert "saved mlp (test) trained on digits, tested on digits: test accuracy" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test_accuracy"] == pytest.approx(expected) and f"{expected:.4f}" in printed
     assert metrics["images"] == len(digits.test_labels) == len(metrics["class_accuracy"]) * 45

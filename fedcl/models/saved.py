@@ -75,6 +75,12 @@ def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, header: dict[str,
     return path
 
 
+def _build(name: str, in_shape: Sequence[int], num_classes: int, kwargs: dict[str, Any]) -> nn.Module:
+    """``create_model`` without touching the global RNG (saving or loading must not change a run's random stream)."""
+    with torch.random.fork_rng(devices=[]):
+        return create_model(name, in_shape, num_classes, **kwargs)
+
+
 def _mismatch(path: object, expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> str | None:
     """A one-line description of how ``got``'s names or shapes differ from ``expected``'s (None: they match)."""
     missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
@@ -117,7 +123,7 @@ def save_model(path: str | os.PathLike[str], model: nn.Module, *, name: str, kwa
         raise ConfigError(f"save_model: kwargs and meta must be JSON values: {exc}") from None
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     # refuse a header that lies: what it says must rebuild exactly these tensors
-    problem = _mismatch(f"save_model({name})", create_model(name, in_shape, num_classes, **kwargs).state_dict(), state)
+    problem = _mismatch(f"save_model({name})", _build(name, in_shape, num_classes, kwargs).state_dict(), state)
     if problem:
         raise ConfigError(f"{problem} (the model was not built by create_model({name!r}, ..., **kwargs))")
     return _atomic_save(state, Path(path), header)
@@ -147,9 +153,14 @@ def saved_kind(path: str | os.PathLike[str]) -> str:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"no such file: {path} (give a synthetic.safetensors or a saved model written by fedcl)")
-    header, _, error = _read(path)
-    if error is not None:
-        raise DataError(f"{path} is not a readable fedcl synthetic set or saved model: {error}")
+    try:  # the header only: the tensors are read by whichever loader the format names
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except Exception as exc:  # safetensors raises several types on corrupt input
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{path} is not a readable fedcl synthetic set or saved model: {reason}") from None
     fmt = header.get("format", "")
     if fmt.startswith("fedcl.model/"):
         return "model"
@@ -196,7 +207,7 @@ def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cp
         raise DataError(f"{path}: the header names model {name!r}, which is not registered; "
                         f"registered: {', '.join(MODELS.names())}")
     try:
-        model = create_model(name, in_shape, num_classes, **kwargs)
+        model = _build(name, in_shape, num_classes, kwargs)
     except Exception as exc:  # noqa: BLE001  (any constructor failure means a header it cannot rebuild)
         raise DataError(f"{path}: cannot rebuild {name} from the header ({type(exc).__name__}: {exc})") from None
     problem = _mismatch(path, model.state_dict(), tensors)

@@ -131,7 +131,7 @@ def distill_main(argv: list[str]) -> int:
 
 @dataclass
 class EvaluateConfig:
-    """``fedcl evaluate PATH``: evaluate a saved synthetic set.
+    """``fedcl evaluate PATH``: evaluate a saved synthetic set, or test a saved model (``model.safetensors``).
 
     Attributes:
         dataset: the real dataset to test on (None: the one recorded in the synthetic set).
@@ -184,11 +184,15 @@ def evaluate_main(argv: list[str]) -> int:
 
     path, words = _evaluate_args(argv)
     if path is None:
-        raise ConfigError("fedcl evaluate needs PATH, a synthetic.safetensors written by fedcl")
+        raise ConfigError("fedcl evaluate needs PATH, a synthetic.safetensors or model.safetensors written by fedcl")
     cfg = load_config(EvaluateConfig, words)
     for name in cfg.models:
         MODELS.get(name)
     check_eval_split(cfg.eval.split, cfg.data.val_fraction)
+    from fedcl.models.saved import saved_kind
+
+    if saved_kind(path) == "model":  # a trained network: tested as it is, no models trained
+        return _evaluate_saved_model(path, cfg)
     syn = SyntheticSet.load(path)
     dataset = cfg.dataset or syn.meta.get("dataset")
     if not dataset:
@@ -209,5 +213,35 @@ def evaluate_main(argv: list[str]) -> int:
             write_json(tmp / "metrics.json", {"source": str(path), "dataset": dataset, "models": results,
                                               "synthetic_meta": syn.meta, "versions": versions()})
             (tmp / "results.md").write_text(table + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+def _evaluate_saved_model(path: str, cfg: EvaluateConfig) -> int:
+    """``fedcl evaluate model.safetensors``: the accuracy of a saved model (fedcl.models.saved) on ``eval.split``."""
+    from fedcl.errors import ConfigError
+    from fedcl.models.saved import check_data, evaluate_model, load_model
+
+    model, meta = load_model(path)
+    dataset = cfg.dataset or meta.get("dataset")
+    if not dataset:
+        raise ConfigError(f"{path} records no dataset; pass dataset=NAME")
+    if cfg.data.image_size is None and meta.get("image_size"):  # the size the model was trained at
+        cfg = replace(cfg, data=replace(cfg.data, image_size=int(meta["image_size"])))
+    data = load_dataset_from_config(dataset, cfg.data)
+    check_data(meta, data, path)
+    r = evaluate_model(model, meta, data.for_evaluation(cfg.eval.split), device=cfg.device)
+    strategy = f" ({meta['strategy']})" if meta.get("strategy") else ""
+    print(f"saved {meta['model']}{strategy} trained on {meta.get('dataset', '?')}, tested on {dataset}: "
+          f"{cfg.eval.split} accuracy {r['accuracy']:.4f} ({r['images']} images)")
+    if cfg.out:
+        with run_folder(cfg.out, "evaluate") as tmp:
+            save_config(tmp, cfg)
+            write_json(tmp / "metrics.json", {"source": str(path), "dataset": dataset, "split": cfg.eval.split,
+                                              f"{cfg.eval.split}_accuracy": r["accuracy"],
+                                              "class_accuracy": r["class_accuracy"], "images": r["images"],
+                                              "model_meta": meta, "versions": versions()})
+            (tmp / "results.md").write_text(markdown_table(["model", f"{cfg.eval.split} accuracy", "images"],
+                                                           [[meta["model"], f"{r['accuracy']:.4f}", r["images"]]]) + "\n")
     sys.stdout.flush()
     return 0

@@ -20,7 +20,9 @@ def test_command_writes_run_folder(tmp_path, capsys):
     rc = main(["benchmark=split_digits", "strategies=[naive,herding,distilled]", "mem_size=10", "seeds=[0,1]",
                "model=mlp", "model_kwargs.width=16", f"out={out}", *TINY])
     assert rc == 0
-    assert {p.name for p in out.iterdir()} == {"config.yaml", "metrics.json", "results.md", "accuracy_matrix.png"}
+    assert {p.name for p in out.iterdir()} == {"config.yaml", "metrics.json", "results.md", "accuracy_matrix.png",
+                                               "learners", "memories"}
+    assert len(list((out / "learners").iterdir())) == 6 and len(list((out / "memories").iterdir())) == 2
     m = json.loads((out / "metrics.json").read_text())
     assert list(m["strategies"]) == ["naive", "herding", "distilled"]
     for s in m["strategies"].values():

@@ -136,7 +136,8 @@ def test_run_config_carries_the_privacy_block_and_matches_the_app_defaults() -> 
     app = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     task_keys = {k for k in TaskSettings().to_record() if k != "data-root"}
     assert task_keys <= set(app), sorted(task_keys - set(app))  # `flwr run .` gets every task setting
-    server_keys = {"strategy", "num-rounds", "min-nodes", "min-summaries", "round-timeout", "result-file", "data-root",
+    server_keys = {"strategy", "num-rounds", "min-nodes", "min-summaries", "round-timeout", "result-file", "model-file",
+                   "data-root",
                    "max-summary-images"}
     assert set(app) <= task_keys | server_keys, sorted(set(app) - task_keys - server_keys)  # nothing stale
     assert "fault" not in app and "fault" not in rc  # no test hook in what a deployed node obeys

@@ -3,7 +3,10 @@
 Writes one run folder: ``config.yaml``, ``metrics.json`` (per strategy: final average
 accuracy and forgetting as mean ± std over seeds, seconds distilling per experience, and
 each seed's accuracy matrix; for synthesising strategies run beside ``distilled_random`` or
-``distilled_herding``, ``gain_over_selection``), ``results.md`` and ``accuracy_matrix.png``.
+``distilled_herding``, ``gain_over_selection``), ``results.md``, ``accuracy_matrix.png``, the final
+learner (``learner.safetensors``) and a distilled strategy's memory (``memory.safetensors``, a
+synthetic set); with several strategies or seeds ``learners/<strategy>[-seed<k>].safetensors`` and
+``memories/...`` (see :mod:`fedcl.models.saved`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from fedcl.continual.config import ContinualConfig
 from fedcl.continual.report import add_selection_gains, plot_accuracy_matrices, results_table
 from fedcl.continual.runner import SELECTION_BASELINES, check_strategies, run_strategy, synthesising_strategies
 from fedcl.errors import ConfigError
+from fedcl.models.saved import artifact_paths
 from fedcl.runs import final_path, run_folder, save_config, write_json
 
 __all__ = ["main", "run"]
@@ -68,7 +72,8 @@ def run(cfg: ContinualConfig, log: Any = print) -> dict[str, Any]:
         for name in cfg.strategies:
             runs = []
             for seed in cfg.seeds:
-                r = run_strategy(cfg, benches[seed], name, seed)
+                saved = artifact_paths(folder, name, cfg.strategies, "learner", "memory", seed=seed, seeds=cfg.seeds)
+                r = run_strategy(cfg, benches[seed], name, seed, save_to=(saved[0], saved[1]))
                 log(f"{name} seed {seed}: final accuracy {r['final_accuracy']:.3f}, forgetting {r['forgetting']:.3f}, "
                     f"distill {sum(r['distill_seconds_per_experience']):.1f}s, train {sum(r['train_seconds_per_experience']):.1f}s")
                 runs.append({"seed": seed, **r})

@@ -16,6 +16,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,6 +32,7 @@ from fedcl.continual.benchmarks import Benchmark
 from fedcl.continual.config import ContinualConfig
 from fedcl.errors import ConfigError, PrivacyError
 from fedcl.models import create_model
+from fedcl.models.saved import save_memory, save_model
 from fedcl.registry import Registry
 from fedcl.utils import resolve_device, seed_everything
 from strategies.replay import DistilledReplay
@@ -160,8 +162,12 @@ def make_evaluator() -> EvaluationPlugin:
                                 forgetting_metrics(experience=True, stream=True), loggers=loggers)
 
 
-def run_strategy(cfg: ContinualConfig, bench: Benchmark, name: str, seed: int) -> dict[str, Any]:
+def run_strategy(cfg: ContinualConfig, bench: Benchmark, name: str, seed: int,
+                 save_to: tuple[Path, Path] | None = None) -> dict[str, Any]:
     """Train ``name`` over the benchmark's train stream, evaluating on the whole test stream after each experience.
+
+    ``save_to``: ``(learner, memory)`` paths for the final learner and, for a distilled strategy,
+    its memory (:mod:`fedcl.models.saved`; None: nothing saved).
 
     Returns:
         ``accuracy_matrix[i][j]`` (accuracy on test experience j after training experience i),
@@ -194,6 +200,13 @@ def run_strategy(cfg: ContinualConfig, bench: Benchmark, name: str, seed: int) -
     out = {"accuracy_matrix": matrix, "final_accuracy": float(res["Top1_Acc_Stream/eval_phase/test_stream/Task000"]),
            "forgetting": float(res.get("StreamForgetting/eval_phase/test_stream", 0.0)),
            "train_seconds_per_experience": train_s, "distill_seconds_per_experience": distill_s}
+    if save_to is not None:  # the final learner (and its distilled memory), rebuilt without pickle
+        meta = {**bench.meta, "benchmark": bench.name, "strategy": name, "seed": seed,
+                "image_size": cfg.data.image_size, "final_accuracy": out["final_accuracy"]}
+        save_model(save_to[0], strategy.model, name=cfg.model, kwargs=dict(cfg.model_kwargs),
+                   in_shape=bench.in_shape, num_classes=bench.num_classes, meta=meta)
+        if storage is not None:
+            save_memory(save_to[1], storage, meta)
     if storage is not None:
         # decoded images (what the learner trains on), each class's budget in images' worth, and numbers stored
         out["memory_class_counts"] = {str(c): n for c, n in storage.class_counts().items()}

@@ -2,8 +2,9 @@
 
 Each strategy runs as its own ``flwr.simulation.run_simulation`` (Ray backend) with the
 same partitions and model; a centralised baseline trains the same model on all the data.
-The run folder holds ``config.yaml``, ``metrics.json``, ``results.md`` and
-``accuracy_vs_bytes.png``.
+The run folder holds ``config.yaml``, ``metrics.json``, ``results.md``,
+``accuracy_vs_bytes.png`` and each strategy's final global model (``model.safetensors``,
+or ``models/<strategy>.safetensors`` for several; see :mod:`fedcl.models.saved`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedcl.config import DataConfig, load_config
@@ -184,11 +186,13 @@ def run_config(cfg: FederatedConfig, strategy: str) -> dict[str, Any]:
     }
 
 
-def simulate(cfg: FederatedConfig, strategy: str, client_app: ClientApp | None = None) -> dict[str, Any]:
+def simulate(cfg: FederatedConfig, strategy: str, client_app: ClientApp | None = None,
+             model_file: Path | None = None) -> dict[str, Any]:
     """Run one strategy with ``run_simulation`` and return the ServerApp's result.
 
     ``client_app``: the ClientApp every simulated SuperNode runs (default: fedcl's,
     :mod:`fedcl.federated.client_app`); another one must answer the same messages.
+    ``model_file``: where the ServerApp saves the final global model (None: not saved).
     """
     from flwr.simulation import run_simulation
 
@@ -206,7 +210,8 @@ def simulate(cfg: FederatedConfig, strategy: str, client_app: ClientApp | None =
     backend = {"client_resources": {"num_cpus": float(cfg.client_resources.num_cpus),
                                     "num_gpus": float(cfg.client_resources.num_gpus)},
                "init_args": {"num_cpus": max(1, int(cfg.threads * 2)), "include_dashboard": False}}
-    run_simulation(make_server_app(run_config(cfg, strategy), sink), client_app, num_supernodes=cfg.num_clients,
+    overrides = {**run_config(cfg, strategy), **({"model-file": str(model_file)} if model_file else {})}
+    run_simulation(make_server_app(overrides, sink), client_app, num_supernodes=cfg.num_clients,
                    backend_config=backend)
     if "result" not in sink:
         raise RuntimeError(f"the {strategy} simulation ended without a result (see the Flower log above)")
@@ -232,19 +237,25 @@ def centralised(cfg: FederatedConfig) -> dict[str, Any]:
             "seconds": time.perf_counter() - t0}
 
 
-def run_federated(cfg: FederatedConfig, client_app: ClientApp | None = None) -> dict[str, Any]:
+def run_federated(cfg: FederatedConfig, client_app: ClientApp | None = None,
+                  folder: Path | None = None) -> dict[str, Any]:
     """Run every configured strategy (and the centralised baseline); return metrics.json's content.
 
     ``client_app``: the ClientApp of the simulated clients (default: fedcl's; see :func:`simulate`).
+    ``folder``: the run folder that gets each strategy's final global model
+    (:func:`fedcl.models.saved.artifact_paths`: ``model.safetensors``, or ``models/<strategy>.safetensors``).
     """
     import torch
+
+    from fedcl.models.saved import artifact_paths
 
     torch.set_num_threads(cfg.threads)
     _validate(cfg)
     t0 = time.perf_counter()
     results: dict[str, Any] = {}
     for name in cfg.strategies:
-        r = simulate(cfg, name, client_app)
+        model_file = artifact_paths(folder.resolve(), name, cfg.strategies, "model")[0] if folder else None
+        r = simulate(cfg, name, client_app, model_file)
         r.pop("config", None)
         results[name] = r
     metrics: dict[str, Any] = {"dataset": cfg.dataset, "num_clients": cfg.num_clients, "partition": cfg.partition,
@@ -267,8 +278,8 @@ def main(argv: list[str]) -> int:
     cfg = load_config(FederatedConfig, argv)
     _validate(cfg)
     logging.getLogger("flwr").setLevel(logging.WARNING)
-    metrics = run_federated(cfg)
-    with run_folder(cfg.out, f"federated-{cfg.dataset}") as folder:
+    with run_folder(cfg.out, f"federated-{cfg.dataset}") as folder:  # a failed run leaves no folder
+        metrics = run_federated(cfg, folder=folder)
         save_config(folder, cfg)
         write_json(folder / "metrics.json", metrics)
         write_report(folder, metrics)

@@ -3,8 +3,9 @@
 Run-config keys (kebab-case, defaults in ``[tool.flwr.app.config]``): every
 :class:`~fedcl.federated.task.TaskSettings` key plus ``strategy``, ``num-rounds``,
 ``min-nodes`` (wait for / sample at least this many), ``min-summaries`` (fail below this
-many valid summaries), ``round-timeout`` (seconds) and ``result-file`` (write the result
-JSON there; "" to skip).
+many valid summaries), ``round-timeout`` (seconds), ``result-file`` (write the result
+JSON there; "" to skip) and ``model-file`` (save the final global model there with
+:func:`fedcl.models.save_model`; "" to skip).
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 from fedcl.federated.accounting import CountingGrid
 from fedcl.federated.task import TaskSettings, load_data, make_model, train_global
 from fedcl.federated.validate import SummarySpec, default_max_bytes
+from fedcl.models.saved import data_meta, save_model
 from fedcl.registry import Registry
 from strategies.summaries import FedDMSummaries, OneShotSummaries
 
 __all__ = ["STRATEGIES", "SERVER_DEFAULTS", "app", "make_server_app", "privacy_table", "run_server"]
 
 SERVER_DEFAULTS: dict[str, Any] = {"strategy": "oneshot", "num-rounds": 1, "min-nodes": 2, "min-summaries": 1,
-                                   "round-timeout": 3600.0, "result-file": "", "max-summary-images": 0}
+                                   "round-timeout": 3600.0, "result-file": "", "model-file": "",
+                                   "max-summary-images": 0}
 
 #: name -> ``build(settings, cfg, spec, train_fn) -> (strategy, num_rounds, task)``
 STRATEGIES: Registry[tuple[Strategy, int, str]] = Registry("federated strategy")
@@ -107,6 +110,12 @@ def run_server(grid: Grid, run_config: dict[str, Any]) -> dict[str, Any]:
     dropped = list(getattr(strategy, "dropped", []))
     refused = list(getattr(strategy, "refused", []))
     client_metrics = getattr(strategy, "client_metrics", {})
+    if cfg["model-file"]:  # the final global model (empty arrays: no round changed it), rebuilt without pickle
+        if len(result.arrays):
+            model.load_state_dict(result.arrays.to_torch_state_dict())
+        save_model(str(cfg["model-file"]), model, name=s.model, kwargs=s.model_kwargs, in_shape=data.image_shape,
+                   num_classes=data.num_classes, meta={**data_meta(data), "strategy": name, "rounds": rounds,
+                                                       "final_accuracy": acc[-1] if acc else None})
     return {"strategy": name, "final_accuracy": acc[-1] if acc else math.nan, "accuracy_per_round": acc,
             "class_accuracy": [float(a) for a in evals[-1]["class-accuracy"]] if evals else [],
             "summary_class_images": union,

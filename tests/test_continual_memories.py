@@ -21,6 +21,8 @@ TINY = {  # the fewest steps each engine takes; selection engines take no param 
     "dm": {**SYNTH, "dsa": False}, "gm": {**SYNTH, "dsa": False, "outer_loop": 1, "inner_loop": 1},
     "dsa": {**SYNTH, "outer_loop": 1, "inner_loop": 1}, "kip": {**SYNTH, "n_models": 1},
     "frepo": {**SYNTH, "pool_size": 1, "max_online_updates": 1},
+    "mtt": {**SYNTH, "dsa": False, "num_experts": 1, "train_epochs": 2, "max_start_epoch": 1, "expert_epochs": 1,
+            "syn_steps": 2},
     "random": BASE, "herding": {**BASE, "feature_epochs": 1}, "kcenter": {**BASE, "feature_epochs": 1},
 }
 SELECTION = ("random", "herding", "kcenter")

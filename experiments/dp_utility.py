@@ -71,12 +71,13 @@ def write_table(args: argparse.Namespace, seeds: list[int], lines: list[dict], t
     md = [f"## {name}: DP utility at ε = 1 and 10 (δ = 1e-5), ipc 10, ConvNet width 32",
           "",
           f"Command: `python experiments/dp_utility.py --dataset {args.dataset} --root {args.root}"
-          f"{' --quick' if args.quick else ''} --seeds {args.seeds} --methods {args.methods}` "
+          f"{' --quick' if args.quick else ''} --seeds {args.seeds} --methods {args.methods}"
+          f"{''.join(f' --values {v}' for v in args.values)} --select-models {args.select_models}` "
           f"({minutes:.0f} min{status}). Device: CPU ({platform.processor() or platform.machine()}, 2 cores, one thread per "
           f"run). Versions: fedcl {fedcl.__version__}, torch {torch.__version__}, python {platform.python_version()}.",
           "",
           "Each method's knob was chosen on a validation split (10% of the training data, stratified, seed 0) "
-          "at seed 0; the test set was read once, for the reported figure, on seeds "
+          f"at seed 0 ({args.select_models} evaluation models per candidate); the test set was read once, for the reported figure, on seeds "
           f"{', '.join(map(str, seeds))}. The releases train on the other 90%.",
           "",
           "| method | ε | chosen on validation | val acc (%) | test acc (%) mean ± std over seeds | ε spent |",
@@ -108,10 +109,16 @@ def main() -> None:
     parser.add_argument("--out", default="runs/dp_utility")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--methods", default="dm,dsa,dpsgd")
+    parser.add_argument("--values", action="append", default=[], metavar="METHOD=V1,V2",
+                        help="the candidates of a method's knob (default: TUNE's), e.g. dm=100,300")
+    parser.add_argument("--select-models", type=int, default=5, help="evaluation models per candidate")
     parser.add_argument("--quick", action="store_true", help="one candidate per knob, one seed, 1 eval model")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = args.methods.split(",")
+    for item in args.values:
+        method, _, values = item.partition("=")
+        TUNE[method] = (TUNE[method][0], [float(v) for v in values.split(",")])
     if args.quick:
         global BASE
         BASE = [b for b in BASE if not b.startswith("eval.")] + ["eval.models=1", "eval.epochs=50"]
@@ -127,7 +134,8 @@ def main() -> None:
             scores = []
             for v in values:
                 print(f"select {method} eps={eps} {knob}={v}", flush=True)
-                rows = sweep(args.dataset, args.root, method, eps, [0], "val", [f"{knob}={v}"],
+                rows = sweep(args.dataset, args.root, method, eps, [0], "val",
+                             [f"{knob}={v:g}", f"eval.models={args.select_models}"],
                              out / "select" / f"{method}-eps{eps:g}-{knob}{v:g}")
                 scores.append((rows[0]["accuracy"], v))
                 lines.append({"stage": "select", "method": method, "epsilon": eps, knob: v,
@@ -135,7 +143,7 @@ def main() -> None:
             best_acc, best = max(scores)
             chosen[(method, eps)] = (best, best_acc)
             print(f"report {method} eps={eps} {knob}={best}", flush=True)
-            rows = sweep(args.dataset, args.root, method, eps, seeds, "test", [f"{knob}={best}"],
+            rows = sweep(args.dataset, args.root, method, eps, seeds, "test", [f"{knob}={best:g}"],
                          out / "report" / f"{method}-eps{eps:g}")
             accs = [r["accuracy"] for r in rows]
             lines.append({"stage": "report", "method": method, "epsilon": eps, knob: best, "val_accuracy": best_acc,

@@ -64,6 +64,12 @@ BAD = [
     (["method=random", "iterations=5"], "bad option for method 'random'"),
     (["missing.yaml"], "config file not found"),
     (["privacy.epsilon=1", "method=herding"], "cannot be made differentially private"),
+    (["param=pixels"], "unknown memory parameterisation (param) 'pixels'; valid: haba, idc, images"),
+    (["param=idc", "param_kwargs.factor=3"], "param_kwargs.factor=3 must be a positive integer that divides"),
+    (["param=haba", "ipc=1"], "raise ipc or lower param_kwargs.hallucinators"),
+    (["method=herding", "soft_labels=true"], "selects real images"),
+    (["soft_labels=true", "privacy.epsilon=1"], "soft_labels under DP is not available"),
+    (["method=mtt", "privacy.epsilon=1"], "cannot run under a privacy block"),
 ]
 
 

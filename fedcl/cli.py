@@ -62,7 +62,7 @@ COMMANDS: dict[str, Command] = {
     "bench": Command("fedcl.bench:main", "fedcl.bench:BenchConfig",
                      "distillation tables: engines x datasets x ipc under one evaluation protocol",
                      args=(("[--quick]", "a few-minute CPU version: digits, ipc 1 and 10, short schedules, "
-                                         "2 evaluation models of 30 epochs"),),
+                                         "2 evaluation models of 100 epochs, no ResNet-18"),),
                      to_config="fedcl.bench:bench_config_argv"),
     "quickstart": Command("fedcl.quickstart:main", "fedcl.quickstart:QuickstartConfig",
                           "the short tour on the bundled digits"),

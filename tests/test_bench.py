@@ -138,6 +138,18 @@ def test_bad_input_one_line_exit_2_no_run_folder(argv, message, tmp_path, capsys
 
 
 def test_gains_false_runs_without_random(tmp_path) -> None:
-    cfg = load_config(BenchConfig, ["engines=[dm]", "gains=false", "soft_label_engines=[dm]"])
+    cfg = load_config(BenchConfig, ["engines=[dm]", "ipcs=[1,10]", "gains=false", "soft_label_engines=[dm]"])
     rows = plan(cfg)
     assert [(r.engine, r.soft) for r in rows] == [("dm", False), ("dm", True)] * 2  # no soft baseline either
+
+
+def test_rows_can_be_chosen_on_validation_data(tmp_path) -> None:
+    out = tmp_path / "run"
+    assert main(["bench", "engines=[random,herding]", "ipcs=[1]", "soft_label_engines=[]", "cross_arch=[convnet]",
+                 "model_kwargs.width=16", "eval.models=1", "eval.epochs=2", "data.val_fraction=0.2", "eval.split=val",
+                 "device=cpu", f"out={out}"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["split"] == "val" and [r["engine"] for r in m["rows"]] == ["random", "herding"]
+    text = (out / "results.md").read_text()
+    assert "| val accuracy % |" in text and "test accuracy" not in text and "## digits: soft labels" not in text
+    assert "cross-architecture" not in text  # one network: the main table says it all

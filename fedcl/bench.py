@@ -154,10 +154,9 @@ def plan(cfg: BenchConfig) -> list[Row]:
     from fedcl.distill import DISTILLERS, create_distiller
     from fedcl.models import MODELS
 
-    for key in ("datasets", "engines", "ipcs"):
-        values = getattr(cfg, key)
-        if not values:
-            raise ConfigError(f"{key} is empty; e.g. {key}={ {'datasets': '[digits]', 'engines': '[random,dm]', 'ipcs': '[1,10]'}[key]}")
+    for key, example in (("datasets", "[digits]"), ("engines", "[random,dm]"), ("ipcs", "[1,10]")):
+        if not getattr(cfg, key):
+            raise ConfigError(f"{key} is empty; e.g. {key}={example}")
     for key in ("datasets", "engines", "ipcs", "soft_label_engines", "cross_arch"):
         values = list(getattr(cfg, key))
         dup = next((v for i, v in enumerate(values) if v in values[:i]), None)

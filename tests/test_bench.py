@@ -124,6 +124,8 @@ BAD = [
     (["cross_arch=[convnet,nope]"], "unknown model 'nope'"),
     (["eval.split=val"], "eval.split=val needs a validation split"),
     (["--fast"], "unexpected option '--fast'"),
+    (["engines=[]"], "engines is empty"),
+    (["engines=[random,dm,dm]"], "engines lists 'dm' twice"),
 ]
 
 

@@ -59,6 +59,11 @@ COMMANDS: dict[str, Command] = {
                              "privacy/utility sweep over epsilon and methods"),
     "audit": Command("fedcl.privacy.audit:main", "fedcl.privacy.sweep:SweepConfig",
                      "membership-inference audit of trained models"),
+    "bench": Command("fedcl.bench:main", "fedcl.bench:BenchConfig",
+                     "distillation tables: engines x datasets x ipc under one evaluation protocol",
+                     args=(("[--quick]", "a few-minute CPU version: digits, ipc 1 and 10, short schedules, "
+                                         "2 evaluation models of 100 epochs, no ResNet-18"),),
+                     to_config="fedcl.bench:bench_config_argv"),
     "quickstart": Command("fedcl.quickstart:main", "fedcl.quickstart:QuickstartConfig",
                           "the short tour on the bundled digits"),
 }

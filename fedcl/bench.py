@@ -1,0 +1,313 @@
+"""``fedcl bench``: engines x datasets x ipc under one evaluation protocol, as results tables.
+
+Every row is distilled with the engine's options (``engine.<name>.*``; unset: the short schedule
+of ``fedcl distill``), saved, and evaluated by the same protocol (:func:`fedcl.evaluate.evaluate_synthetic`:
+``eval.models`` fresh networks, SGD, DSA augmentation, mean ± std). Each row reports its gain
+over ``random`` at the same dataset and ipc under that identical recipe (DD-Ranking's
+"improvement over random"). Soft-label rows (``soft_label_engines``) form their own table,
+whose baseline is ``random`` with soft labels: the same random real images labelled by the same
+soft-label initialisation (``dm`` with ``iterations=0``), so a gain there is what the engine adds
+beyond the labels. Every saved set is also evaluated on each ``cross_arch`` network. The run
+folder holds config.yaml, metrics.json, results.md (with the command, device and versions) and
+``sets/<dataset>/*.safetensors``; ``results_md=PATH`` writes results.md there too.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedcl.config import DataConfig, DistillConfig, EvalConfig, load_config, split_argv
+from fedcl.errors import ConfigError
+
+__all__ = ["QUICK", "BenchConfig", "Row", "add_gains", "bench_config_argv", "check_ipcs", "load_datasets", "main", "plan",
+           "run_bench", "run_row"]
+
+
+@dataclass
+class BenchConfig:
+    """``fedcl bench``: distillation tables (the defaults: every CPU engine on the bundled digits).
+
+    Attributes:
+        datasets: registered datasets, one table of each kind per dataset.
+        engines: registered engines, one hard-label row each per dataset and ipc (``random`` is
+            the baseline of the gain column).
+        ipcs: images per class (storage budgets), each at most the smallest class's training images.
+        soft_label_engines: matching engines also run with ``soft_labels=true``: rows of the
+            soft-label table, whose baseline is ``random`` with the same soft labels.
+        gains: report each row's gain over ``random`` (then ``random`` must be in ``engines``).
+        engine: options of each engine by name, e.g. ``engine.dm.iterations=1000`` (unset: the short
+            schedule of ``fedcl distill``; any ``create_distiller`` keyword, e.g. ``param``).
+        model: network the engines match with and the main tables evaluate.
+        model_kwargs: options of ``model``, e.g. ``model_kwargs.width=64``.
+        cross_arch: networks of the cross-architecture table, each evaluates every saved set ([]: none).
+        arch_kwargs: options of each cross-architecture network by name (``model`` uses ``model_kwargs``).
+        seed: drives distillation and evaluation (evaluation model ``i`` uses ``seed + i``).
+        device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` ...
+        out: run folder (None: ``runs/bench-<timestamp>``).
+        results_md: also write results.md to this path (e.g. ``experiments/results/distill_digits.md``).
+        progress: progress bars on a terminal.
+    """
+
+    datasets: list[str] = field(default_factory=lambda: ["digits"])
+    engines: list[str] = field(default_factory=lambda: ["random", "herding", "kcenter", "dm", "dsa", "kip", "frepo"])
+    ipcs: list[int] = field(default_factory=lambda: [1, 10, 50])
+    soft_label_engines: list[str] = field(default_factory=lambda: ["dm", "dsa"])
+    gains: bool = True
+    engine: dict[str, dict[str, Any]] = field(default_factory=dict)
+    model: str = "convnet"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    cross_arch: list[str] = field(default_factory=lambda: ["convnet", "mlp", "lenet", "resnet18"])
+    arch_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seed: int = 0
+    device: str = "auto"
+    out: str | None = None
+    results_md: str | None = None
+    progress: bool = True
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# ``--quick``: applied after CONFIG.yaml and before the command line's key=value overrides. A few
+# minutes on 2 CPU cores: digits, ipc 1 and 10, short schedules (and a soft-label initialisation of 20
+# steps instead of 100), 2 evaluation models of 100 epochs (at 30, a set of 100 images gets 30 SGD steps
+# and ConvNets stay 10 points short), and no ResNet-18 in the cross-architecture table (0.3 CPU-s per
+# step on 8x8 digits: 20 minutes, more than the rest of the run together).
+_QUICK_ENGINES: dict[str, dict[str, int]] = {
+    "dm": {"iterations": 20}, "dsa": {"iterations": 2, "outer_loop": 2, "inner_loop": 5},
+    "gm": {"iterations": 2, "outer_loop": 2, "inner_loop": 5}, "kip": {"iterations": 20, "n_models": 1},
+    "frepo": {"iterations": 20},
+}
+QUICK: list[str] = [
+    "datasets=[digits]", "ipcs=[1,10]", "data.image_size=null", "eval.models=2", "eval.epochs=100",
+    "cross_arch=[convnet,mlp,lenet]",
+    *(f"engine.{e}.{k}={v}" for e, opts in _QUICK_ENGINES.items() for k, v in {**opts, "soft_label_steps": 20}.items()),
+]
+
+
+@dataclass
+class Row:
+    """One row to run: an engine on a dataset at an ipc, with hard or soft labels.
+
+    Attributes:
+        dataset: registered dataset.
+        engine: registered engine (``random`` of a soft-label table runs as ``dm`` with 0 iterations).
+        ipc: images per class.
+        soft: the soft-label table's row.
+        options: the ``create_distiller`` keywords (the resolved schedule included).
+    """
+
+    dataset: str
+    engine: str
+    ipc: int
+    soft: bool
+    options: dict[str, Any]
+
+    @property
+    def method(self) -> str:
+        """The engine that runs (the soft-label ``random`` baseline runs ``dm`` without iterations)."""
+        return "dm" if self.soft and self.engine == "random" else self.engine
+
+    @property
+    def name(self) -> str:
+        """File stem of the saved set."""
+        return f"{self.engine}-ipc{self.ipc}{'-soft' if self.soft else ''}"
+
+
+def bench_config_argv(argv: list[str]) -> list[str]:
+    """``[CONFIG.yaml] [--quick] [key=value ...]`` as config words, with ``--quick``'s overrides inserted."""
+    words = [w for w in argv if w != "--quick"]
+    quick = len(words) != len(argv)
+    for w in words:
+        if w.startswith("-"):
+            raise ConfigError(f"unexpected option {w!r}: fedcl bench takes [CONFIG.yaml] [--quick] [key=value ...]")
+    path, overrides = split_argv(words)
+    return ([path] if path else []) + (QUICK if quick else []) + overrides
+
+
+def _options(cfg: BenchConfig, engine: str, ipc: int, soft: bool) -> dict[str, Any]:
+    """``create_distiller`` keywords of one row: ``engine.<name>`` over the schedule of ``fedcl distill``."""
+    from fedcl.commands import resolve_schedule
+
+    user = dict(cfg.engine.get(engine, {}))
+    iterations = user.pop("iterations", None)
+    sched = resolve_schedule(DistillConfig(method=engine, ipc=ipc, iterations=iterations, engine=user))
+    opts: dict[str, Any] = {"model": cfg.model, "model_kwargs": dict(cfg.model_kwargs) or None, "seed": cfg.seed,
+                            "device": cfg.device, "progress": cfg.progress, "iterations": sched.iterations,
+                            **dict(sched.engine)}
+    if soft:
+        opts["soft_labels"] = True
+    return opts
+
+
+def plan(cfg: BenchConfig) -> list[Row]:
+    """Every row of ``cfg``, baselines first within each (dataset, ipc); validates names and options.
+
+    Raises:
+        ConfigError: an empty list, an unknown dataset, engine or network, a duplicate, an ipc
+            below 1, bad engine options, or gains asked without ``random``.
+    """
+    from fedcl.data import DATASETS, check_eval_split
+    from fedcl.distill import DISTILLERS, create_distiller
+    from fedcl.models import MODELS
+
+    for key, example in (("datasets", "[digits]"), ("engines", "[random,dm]"), ("ipcs", "[1,10]")):
+        if not getattr(cfg, key):
+            raise ConfigError(f"{key} is empty; e.g. {key}={example}")
+    for key in ("datasets", "engines", "ipcs", "soft_label_engines", "cross_arch"):
+        values = list(getattr(cfg, key))
+        dup = next((v for i, v in enumerate(values) if v in values[:i]), None)
+        if dup is not None:
+            raise ConfigError(f"{key} lists {dup!r} twice")
+    for name in cfg.datasets:
+        DATASETS.get(name)
+    for name in [*cfg.engines, *cfg.soft_label_engines, *cfg.engine]:
+        DISTILLERS.get(name)
+    for name in [cfg.model, *cfg.cross_arch, *cfg.arch_kwargs]:
+        MODELS.get(name)
+    if any(ipc < 1 for ipc in cfg.ipcs):
+        raise ConfigError(f"every ipc must be at least 1, got ipcs={list(cfg.ipcs)}")
+    if cfg.gains and "random" not in cfg.engines:
+        raise ConfigError("gains over random need engine 'random': add it to engines (engines=[random,...]) "
+                          "or set gains=false")
+    check_eval_split(cfg.eval.split, cfg.data.val_fraction)
+    soft_engines = list(cfg.soft_label_engines)
+    if soft_engines and cfg.gains and "random" not in soft_engines:
+        soft_engines.insert(0, "random")  # the soft-label baseline
+    hard = sorted(cfg.engines, key=lambda e: e != "random")
+    rows = [Row(d, e, ipc, soft, _options(cfg, "dm" if soft and e == "random" else e, ipc, soft))
+            for d in cfg.datasets for ipc in cfg.ipcs
+            for soft, engines in ((False, hard), (True, soft_engines)) for e in engines]
+    for row in rows:
+        if row.method != row.engine:
+            row.options["iterations"] = 0
+        create_distiller(row.method, **row.options)  # bad options fail here, before any data is read
+    return rows
+
+
+def check_ipcs(cfg: BenchConfig, data: Any) -> None:
+    """ConfigError unless every ipc fits the smallest class of ``data``'s training split."""
+    import torch
+
+    counts = torch.bincount(data.train_labels.cpu(), minlength=data.num_classes)
+    smallest = int(counts[counts > 0].min())
+    too_big = [ipc for ipc in cfg.ipcs if ipc > smallest]
+    if too_big:
+        raise ConfigError(f"ipc={too_big[0]} is more than the smallest class of {data.name} has ({smallest} training "
+                          f"images); use ipcs of at most {smallest}")
+
+
+def run_row(row: Row, cfg: BenchConfig, data: Any, folder: Path) -> dict[str, Any]:
+    """Distill one row, save its set under ``folder``, evaluate it (main model and cross-architecture)."""
+    from fedcl.distill import create_distiller
+    from fedcl.evaluate import evaluate_synthetic
+    from fedcl.utils import seed_everything
+
+    seed_everything(cfg.seed)
+    distiller = create_distiller(row.method, **row.options)
+    meta = {"dataset": data.name, "mean": list(data.mean), "std": list(data.std)}
+    syn = distiller.distill(data.train_images, data.train_labels, row.ipc, num_classes=data.num_classes, meta=meta)
+    path = folder / "sets" / data.name / f"{row.name}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    syn.save(path)
+    test = data.for_evaluation(cfg.eval.split)
+    accuracy: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    for arch in dict.fromkeys([cfg.model, *cfg.cross_arch]):  # the main model first, once
+        kwargs = dict(cfg.model_kwargs) if arch == cfg.model else dict(cfg.arch_kwargs.get(arch, {}))
+        accuracy[arch] = evaluate_synthetic(syn, test, model=arch, n_models=cfg.eval.models, epochs=cfg.eval.epochs,
+                                            lr=cfg.eval.lr, batch_size=cfg.eval.batch_size, dsa=cfg.eval.dsa,
+                                            seed=cfg.seed, device=cfg.device, model_kwargs=kwargs or None).as_dict()
+    return {"dataset": data.name, "engine": row.engine, "method": row.method, "ipc": row.ipc, "soft_labels": row.soft,
+            "options": {k: v for k, v in row.options.items() if v is not None}, "iterations": distiller.iterations,
+            "seconds_per_iteration": distiller.stats.get("seconds_per_iteration"),
+            "distill_seconds": distiller.stats.get("distill_seconds"),
+            "label_seconds": distiller.stats.get("label_seconds"), "eval_seconds": time.perf_counter() - t0,
+            "stored_bytes": syn.stored_bytes(),
+            "num_images": len(syn), "accuracy": accuracy[cfg.model], "cross_arch": accuracy,
+            "set": str(path.relative_to(folder))}
+
+
+def add_gains(rows: list[dict[str, Any]]) -> None:
+    """Set each row's ``gain_over_random`` (accuracy points over ``random`` of its table; None without one)."""
+    base = {(r["dataset"], r["ipc"], r["soft_labels"]): r["accuracy"]["mean"] for r in rows if r["engine"] == "random"}
+    for r in rows:
+        ref = base.get((r["dataset"], r["ipc"], r["soft_labels"]))
+        r["gain_over_random"] = None if ref is None else 100 * (r["accuracy"]["mean"] - ref)
+
+
+def load_datasets(cfg: BenchConfig) -> dict[str, Any]:
+    """Every dataset of ``cfg``, read and checked against ``ipcs`` (before the first row runs)."""
+    from fedcl.data import load_dataset_from_config
+
+    datasets = {}
+    for name in cfg.datasets:
+        datasets[name] = load_dataset_from_config(name, cfg.data)
+        check_ipcs(cfg, datasets[name])
+    return datasets
+
+
+def run_bench(cfg: BenchConfig, folder: Path, *, command: str = "fedcl bench",
+              datasets: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run every row of ``cfg`` into ``folder``; write metrics.json and results.md; return the metrics.
+
+    Args:
+        cfg: the benchmark.
+        folder: where the sets, metrics.json and results.md go.
+        command: the command line recorded in the results.
+        datasets: the loaded datasets by name (None: read them here).
+
+    Raises:
+        ConfigError, DataError: bad names, options or ipcs, missing data (before any row runs).
+    """
+    from fedcl.benchreport import environment, results_markdown
+    from fedcl.runs import write_json
+
+    t0 = time.perf_counter()
+    rows = plan(cfg)
+    datasets = datasets or load_datasets(cfg)
+    env = environment(cfg.device)
+    results: list[dict[str, Any]] = []
+    for row in rows:
+        r = run_row(row, cfg, datasets[row.dataset], folder)
+        results.append(r)
+        acc = r["accuracy"]
+        print(f"{row.dataset} ipc {row.ipc} {row.engine}{' (soft labels)' if row.soft else ''}: "
+              f"{cfg.eval.split} {100 * acc['mean']:.2f} ± {100 * acc['std']:.2f} % "
+              f"({r['distill_seconds']:.1f} s distilling)", flush=True)
+    if cfg.gains:
+        add_gains(results)
+    metrics = {"command": command, **env, "wall_seconds": time.perf_counter() - t0, "split": cfg.eval.split,
+               "rows": results}
+    write_json(folder / "metrics.json", metrics)
+    (folder / "results.md").write_text(results_markdown(cfg, metrics))
+    return metrics
+
+
+def main(argv: list[str]) -> int:
+    """``fedcl bench [CONFIG.yaml] [--quick] [key=value ...]``."""
+    from fedcl.runs import final_path, run_folder, save_config
+
+    cfg = load_config(BenchConfig, bench_config_argv(argv))
+    t0 = time.perf_counter()
+    plan(cfg)  # names, options and gains, then the data and ipcs: all before a folder exists
+    datasets = load_datasets(cfg)
+    target = Path(cfg.results_md) if cfg.results_md else None
+    if target is not None and target.is_dir():
+        raise ConfigError(f"results_md={target} is a folder; give a file path such as {target / 'distill.md'}")
+    command = shlex.join(["fedcl", "bench", *argv])
+    with run_folder(cfg.out, "bench") as tmp:
+        save_config(tmp, cfg)
+        metrics = run_bench(cfg, tmp, command=command, datasets=datasets)
+    folder = final_path(tmp)
+    if target is not None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part = target.with_name(f".{target.name}.tmp")
+        part.write_text((folder / "results.md").read_text())
+        part.replace(target)  # atomic: a reader never sees half a table
+    print(f"{len(metrics['rows'])} rows in {time.perf_counter() - t0:.0f} s -> {folder}/results.md"
+          + (f" and {target}" if target is not None else ""))
+    return 0

@@ -1,0 +1,157 @@
+"""``fedcl bench``: the quick path end to end, the gain column, soft-label rows apart, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedcl.bench import QUICK, BenchConfig, add_gains, bench_config_argv, plan
+from fedcl.cli import main
+from fedcl.config import load_config
+from fedcl.distill import SyntheticSet
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "bench"
+
+# --quick, shrunk to seconds: two ipcs, two hard engines and one soft, tiny networks and schedules
+TINY = ["engines=[random,dm]", "ipcs=[1,2]", "soft_label_engines=[dm]", "engine.dm.iterations=2",
+        "engine.dm.soft_label_steps=2", "model_kwargs.width=16", "cross_arch=[convnet,mlp]", "eval.models=2",
+        "eval.epochs=3", "device=cpu", "progress=false"]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory) -> tuple[Path, dict, Path]:
+    tmp = tmp_path_factory.mktemp("bench")
+    out, md = tmp / "run", tmp / "results" / "table.md"
+    assert main(["bench", "--quick", *TINY, f"out={out}", f"results_md={md}"]) == 0
+    return out, json.loads((out / "metrics.json").read_text()), md
+
+
+def test_quick_run_writes_folder_tables_device_and_versions(quick_run) -> None:
+    out, m, md = quick_run
+    assert {p.name for p in out.iterdir()} == {"config.yaml", "metrics.json", "results.md", "sets"}
+    # 2 ipcs x (random, dm hard; random, dm soft), every set saved
+    assert sorted(p.name for p in (out / "sets" / "digits").iterdir()) == sorted(
+        f"{e}-ipc{k}{s}.safetensors" for e in ("random", "dm") for k in (1, 2) for s in ("", "-soft"))
+    text = (out / "results.md").read_text()
+    assert md.read_text() == text  # results_md: the same file, where it was asked
+    assert "`fedcl bench --quick" in text and m["device"].startswith("cpu") and m["device"] in text
+    for name in ("fedcl", "torch", "python"):
+        assert f"{name} {m['versions'][name]}" in text
+    cfg = (out / "config.yaml").read_text()
+    assert "epochs: 3" in cfg and "models: 2" in cfg  # --quick, then the command line's overrides
+    assert len(m["rows"]) == 8
+    for r in m["rows"]:
+        assert set(r["cross_arch"]) == {"convnet", "mlp"} and r["cross_arch"]["convnet"] == r["accuracy"]
+        assert r["accuracy"]["n_models"] == 2 and r["stored_bytes"] > 0 and r["distill_seconds"] >= 0
+        assert r["num_images"] == 10 * r["ipc"]
+        timed = r["method"] == "dm" and r["iterations"] > 0
+        assert (r["seconds_per_iteration"] is not None) == timed
+    assert "## digits: cross-architecture" in text and "| set | ipc | labels | convnet | mlp |" in text
+
+
+def test_gain_column_is_points_over_random_of_the_same_table(quick_run) -> None:
+    _, m, _ = quick_run
+    rows = m["rows"]
+    for r in rows:
+        base = next(b for b in rows if b["engine"] == "random" and b["ipc"] == r["ipc"]
+                    and b["soft_labels"] == r["soft_labels"])
+        assert r["gain_over_random"] == pytest.approx(100 * (r["accuracy"]["mean"] - base["accuracy"]["mean"]))
+    rows = [{"dataset": "d", "engine": e, "ipc": k, "soft_labels": s, "accuracy": {"mean": a}}
+            for e, k, s, a in [("random", 1, False, 0.5), ("dm", 1, False, 0.75), ("random", 1, True, 0.6),
+                               ("dm", 1, True, 0.55), ("dm", 10, False, 0.9)]]
+    add_gains(rows)
+    assert [r["gain_over_random"] for r in rows[:4]] == pytest.approx([0.0, 25.0, 0.0, -5.0])
+    assert rows[-1]["gain_over_random"] is None  # no random at that ipc: no gain, not a made-up one
+
+
+def test_soft_label_rows_are_kept_apart(quick_run) -> None:
+    out, m, _ = quick_run
+    text = (out / "results.md").read_text()
+    hard_part, soft_part = text.split("## digits: hard labels")[1].split("## digits: soft labels")
+    soft_part = soft_part.split("## digits: cross-architecture")[0]
+    rows = {(r["engine"], r["ipc"], r["soft_labels"]): r for r in m["rows"]}
+    for (engine, ipc, soft), r in rows.items():
+        assert SyntheticSet.load(out / r["set"]).soft == soft
+        if soft:  # soft labels are stored and counted: num_classes float32 numbers per decoded image
+            assert r["stored_bytes"] == rows[(engine, ipc, False)]["stored_bytes"] + 4 * 10 * r["num_images"]
+
+    def table(part: str) -> set[tuple[str, int, int]]:  # (engine, ipc, stored bytes) of each row
+        cells = [[c.strip() for c in line.strip("|").split("|")] for line in part.splitlines()
+                 if line.startswith("| ") and not line.startswith("| engine")]
+        return {(c[0], int(c[1]), int(c[-2].replace(",", ""))) for c in cells}
+
+    for part, soft in ((hard_part, False), (soft_part, True)):
+        assert table(part) == {(e, k, r["stored_bytes"]) for (e, k, s), r in rows.items() if s == soft}
+    # the soft table's random: the random row's very images, with the soft labels
+    for ipc in (1, 2):
+        hard = SyntheticSet.load(out / rows[("random", ipc, False)]["set"])
+        soft = SyntheticSet.load(out / rows[("random", ipc, True)]["set"])
+        assert torch.equal(hard.images, soft.images) and soft.soft and not hard.soft
+
+
+def test_quick_overrides_come_between_the_file_and_the_command_line(tmp_path) -> None:
+    cfg_file = tmp_path / "b.yaml"
+    cfg_file.write_text("datasets: [mnist]\nipcs: [50]\nengine:\n  dm:\n    iterations: 5000\n    batch_real: 64\n")
+    words = bench_config_argv([str(cfg_file), "--quick", "eval.epochs=7"])
+    assert words == [str(cfg_file), *QUICK, "eval.epochs=7"]
+    cfg = load_config(BenchConfig, words)
+    assert cfg.datasets == ["digits"] and cfg.ipcs == [1, 10] and cfg.eval.models == 2 and cfg.eval.epochs == 7
+    assert cfg.engine["dm"] == {"iterations": 20, "batch_real": 64, "soft_label_steps": 20}  # the file's batch_real kept
+
+
+def test_shipped_configs_are_valid_and_digits_is_the_default() -> None:
+    names = {p.name for p in CONFIGS.glob("*.yaml")}
+    assert {"digits.yaml", "mnist.yaml", "fashion_mnist.yaml", "cifar10_jpeg.yaml"} <= names
+    for name in sorted(names):
+        text = (CONFIGS / name).read_text()
+        assert text.startswith("#") and "2-core CPU" in text.split("\n\n")[0], name  # the header says how long
+        cfg = load_config(BenchConfig, [str(CONFIGS / name)])
+        assert plan(cfg), name  # names and options valid
+    assert load_config(BenchConfig, [str(CONFIGS / "digits.yaml")]) == BenchConfig()
+
+
+BAD = [
+    (["engines=[random,nope]"], "unknown distillation method 'nope'"),
+    (["datasets=[nope]"], "unknown dataset 'nope'"),
+    (["ipcs=[0]"], "every ipc must be at least 1"),
+    (["ipcs=[1,5000]"], "ipc=5000 is more than the smallest class of digits has"),
+    (["engines=[dm,dsa]"], "gains over random need engine 'random'"),
+    (["soft_label_engines=[herding]"], "selects real images"),
+    (["engine.dm.nope=1"], "bad option for method 'dm'"),
+    (["cross_arch=[convnet,nope]"], "unknown model 'nope'"),
+    (["eval.split=val"], "eval.split=val needs a validation split"),
+    (["--fast"], "unexpected option '--fast'"),
+    (["engines=[]"], "engines is empty"),
+    (["engines=[random,dm,dm]"], "engines lists 'dm' twice"),
+]
+
+
+@pytest.mark.parametrize("argv,message", BAD)
+def test_bad_input_one_line_exit_2_no_run_folder(argv, message, tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(["bench", "--quick", *argv, f"out={out}", f"results_md={tmp_path / 'r.md'}", "device=cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fedcl: error: ") and message in err, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # no run folder, no temporary one, no results file
+
+
+def test_gains_false_runs_without_random(tmp_path) -> None:
+    cfg = load_config(BenchConfig, ["engines=[dm]", "ipcs=[1,10]", "gains=false", "soft_label_engines=[dm]"])
+    rows = plan(cfg)
+    assert [(r.engine, r.soft) for r in rows] == [("dm", False), ("dm", True)] * 2  # no soft baseline either
+
+
+def test_rows_can_be_chosen_on_validation_data(tmp_path) -> None:
+    out = tmp_path / "run"
+    assert main(["bench", "engines=[random,herding]", "ipcs=[1]", "soft_label_engines=[]", "cross_arch=[convnet]",
+                 "model_kwargs.width=16", "eval.models=1", "eval.epochs=2", "data.val_fraction=0.2", "eval.split=val",
+                 "device=cpu", f"out={out}"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["split"] == "val" and [r["engine"] for r in m["rows"]] == ["random", "herding"]
+    text = (out / "results.md").read_text()
+    assert "| val accuracy % |" in text and "test accuracy" not in text and "## digits: soft labels" not in text
+    assert "cross-architecture" not in text  # one network: the main table says it all

@@ -76,11 +76,25 @@ def test_numbers_are_converted_only_where_nothing_is_lost() -> None:
     ({"privacy.epsilon": 1.0, "privacy.budget": 0.5}, "privacy.budget must be > 0 and >= privacy.epsilon"),
     ({"privacy.epsilon": 1.0, "privacy.accountant": "gdp"}, "gdp cannot compose"),
     ({"privacy.epsilon": 1.0, "strategies": "oneshot,fedavg"}, "drop 'fedavg'"),
+    ({"param": "pixels"}, "unknown param 'pixels'"),
+    ({"param-kwargs": "{factor: 2}"}, "'param-kwargs': not a JSON object"),
+    ({"param-kwargs": "[2]"}, "'param-kwargs': a JSON object"),
+    ({"method": "herding", "param": "idc"}, "selects real images"),
+    ({"soft-labels": "true", "privacy.epsilon": 1.0, "strategies": "oneshot"}, "soft_labels under DP"),
 ])
 def test_bad_run_config_values_are_refused_in_one_line(run_config, message) -> None:
     with pytest.raises(ConfigError, match=message) as info:
         from_run_config(run_config)
     assert len(str(info.value).splitlines()) == 1
+
+
+def test_memory_options_travel_as_a_json_object_and_are_checked_against_the_data() -> None:
+    cfg = load_config(FederatedConfig, ["param=idc", "param_kwargs.factor=2", "soft_labels=true"])
+    rc = to_run_config(cfg)
+    assert (rc["param"], rc["param-kwargs"], rc["soft-labels"]) == ("idc", '{"factor": 2}', True)
+    assert from_run_config(rc, check_data=True).param_kwargs == {"factor": 2}
+    with pytest.raises(ConfigError, match="factor=3 must be a positive integer that divides the image size 8x8"):
+        from_run_config({**rc, "param-kwargs": '{"factor": 3}'}, check_data=True)  # digits are 8x8
 
 
 def test_a_deployment_may_run_on_cuda_without_simulation_resources() -> None:

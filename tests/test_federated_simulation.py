@@ -104,7 +104,7 @@ def test_command_writes_the_run_folder(tmp_path, capsys) -> None:
     out = tmp_path / "run"
     argv = [f"{k}={v}" for k, v in TINY.items()] + [
         "num_clients=3", "strategies=[oneshot,feddm,fedavg]", "rounds=2", "feddm_rounds=2", "codec=float16",
-        f"out={out}"]
+        "param=idc", f"out={out}"]
     assert main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert (out / "config.yaml").is_file() and (out / "results.md").is_file()
@@ -127,6 +127,8 @@ def test_command_writes_the_run_folder(tmp_path, capsys) -> None:
     # FedAvg trains on no summaries; the per-class table names every strategy
     assert s["fedavg"]["summary_class_images"] is None and sum(s["feddm"]["summary_class_images"]) > 0
     assert sum(s["oneshot"]["summary_class_images"]) == s["oneshot"]["summary_images"]  # the whole union
+    # idc summaries: clients send the stored images, the server decodes four from each
+    assert s["oneshot"]["summary_images"] % 4 == 0 and s["oneshot"]["dropped_summaries"] == 0
     assert "| fedavg | " in (out / "results.md").read_text().split("Final accuracy on each class")[1]
     printed = capsys.readouterr()
     assert "oneshot" in printed.out and len(printed.out.splitlines()) <= 5  # quiet: one line per strategy

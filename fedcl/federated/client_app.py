@@ -5,7 +5,8 @@ One ``train`` handler serves every strategy; the ``task`` key of the message's
 
 - ``summary``: distill the partition (in the received model's perturbed feature space
   when the message carries ``arrays``: FedDM) and reply with the summary ``ArrayRecord``
-  under ``summary`` plus a ``MetricRecord`` (``num-examples``, ``summary-bytes``,
+  under ``summary`` (with ``param`` other than ``images`` or ``soft_labels``: the memories'
+  stored tensors, their descriptions in a ``summary-memory`` ``ConfigRecord``) plus a ``MetricRecord`` (``num-examples``, ``summary-bytes``,
   ``epsilon``, ``releases``, ``seconds``). Under DP, a client whose summary would take its
   ledger over ``budget`` replies instead with a ``refusal`` ``ConfigRecord`` (``reason``)
   and the same ``MetricRecord`` without a summary: a normal answer, not an error;
@@ -30,7 +31,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from fedcl.errors import PrivacyError
-from fedcl.federated.codec import encode_summary
+from fedcl.federated.codec import encode_memory_summary, encode_summary
 from fedcl.federated.config import FederatedConfig, from_run_config
 from fedcl.federated.task import (
     check_budget,
@@ -91,10 +92,16 @@ def train(msg: Message, context: Context) -> Message:
     x, y, groups = distill_partition(s, images, labels, data, seed=seed, network_fn=network_fn, privacy=privacy,
                                      ledger=ledger)
     _spend(ledger, groups, context, server_round, str(config.get("strategy", "")))
-    record = encode_summary(x, y, s.codec)
-    metrics.update(_ledger_metrics(ledger), **{"summary-images": int(len(y)), "summary-bytes": record.count_bytes(),
+    content: dict[str, Any] = {}
+    if s.param != "images" or s.soft_labels:  # what the memories store, not their decoded images
+        content["summary"], content["summary-memory"] = encode_memory_summary([g["set"].memory for g in groups],
+                                                                              s.codec)
+    else:
+        content["summary"] = encode_summary(x, y, s.codec)
+    metrics.update(_ledger_metrics(ledger), **{"summary-images": int(len(y)),
+                                               "summary-bytes": content["summary"].count_bytes(),
                                                "seconds": time.perf_counter() - t0})
-    return Message(RecordDict({"summary": record, "metrics": MetricRecord(metrics)}), reply_to=msg)
+    return Message(RecordDict({**content, "metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
 def _ledger_key(strategy: str) -> str:

@@ -3,7 +3,8 @@
 :class:`FederatedConfig` is the only definition of the keys. The command line sets them as
 ``key=value`` (snake_case, nested keys dotted); a Flower run config carries the same keys in
 kebab-case, nested keys dotted the way Flower flattens a TOML table (``privacy.max-grad-norm``),
-lists as comma-separated strings (``strategies = "oneshot,feddm"``). ``[tool.flwr.app.config]``
+lists as comma-separated strings (``strategies = "oneshot,feddm"``), the free-form
+``param_kwargs`` as a JSON object (``param-kwargs = '{"factor": 2}'``). ``[tool.flwr.app.config]``
 in pyproject.toml is :func:`to_run_config` of the defaults (a test checks it), and every run
 config a ServerApp or ClientApp receives goes through :func:`from_run_config`: the same
 omegaconf type checks as the command line (``"false"`` is False, ``"abc"`` is no int), unknown
@@ -126,6 +127,12 @@ class FederatedConfig:
         dp_min_class_images: under DP, classes a client holds fewer images of are not summarised (their
             noisy means would only pollute the union; experiments/results/federated.md).
         codec: summary codec (``float32``, ``float16``, ``uint8``).
+        param: how a client's summary is stored and sent: ``images`` (free pixels), ``idc``
+            (multi-formation) or ``haba`` (bases and hallucinators); the server decodes it.
+        param_kwargs: options of the parameterisation, e.g. ``param_kwargs.factor=2`` (idc; a JSON object in
+            a run config).
+        soft_labels: clients learn a soft label per decoded image, sent and counted with the summary (not
+            under DP).
         model: registered network of the clients' matching and of the global model.
         width: the network's width (0: the model's default).
         server_epochs: epochs the server trains the global model on the union of summaries.
@@ -173,6 +180,9 @@ class FederatedConfig:
     dp_lr_img: float = 100.0
     dp_min_class_images: int = 100
     codec: str = "float32"
+    param: str = "images"
+    param_kwargs: dict[str, Any] = field(default_factory=dict)
+    soft_labels: bool = False
     model: str = "convnet"
     width: int = 0
     server_epochs: int = 300
@@ -225,6 +235,8 @@ def to_run_config(cfg: FederatedConfig) -> dict[str, bool | int | float | str]:
                 walk(value, f"{prefix}{_kebab(f.name)}.")
             elif isinstance(value, (list, tuple)):
                 out[f"{prefix}{_kebab(f.name)}"] = ",".join(map(str, value))
+            elif isinstance(value, dict):
+                out[f"{prefix}{_kebab(f.name)}"] = json.dumps(value, sort_keys=True)
             elif isinstance(value, (bool, int, float, str)):
                 out[f"{prefix}{_kebab(f.name)}"] = value
             else:  # None has no Flower value: a run-config key needs a concrete default
@@ -265,6 +277,13 @@ def from_run_config(run_config: Mapping[str, Any], *, check_data: bool = False) 
             node = node.setdefault(part, {})
         if parts == ["strategies"] and isinstance(value, str):
             value = [s.strip() for s in value.split(",") if s.strip()]
+        elif parts == ["param_kwargs"] and isinstance(value, str):
+            try:
+                value = json.loads(value or "{}")
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"invalid run-config value 'param-kwargs': not a JSON object ({exc})") from None
+            if not isinstance(value, dict):
+                raise ConfigError(f"invalid run-config value 'param-kwargs': a JSON object, got {value!r}")
         node[parts[-1]] = value
     try:
         cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(FederatedConfig), nested))
@@ -329,6 +348,7 @@ def validate(cfg: FederatedConfig, *, check_data: bool = True, simulation: bool 
         raise ConfigError(f"unknown codec {cfg.codec!r}; valid: {', '.join(CODECS.names())}")
     if cfg.method not in list_distillers():
         raise ConfigError(f"unknown method {cfg.method!r}; valid: {', '.join(list_distillers())}")
+    _validate_memory(cfg)
     for key in ("num_clients", "rounds", "feddm_rounds", "ipc", "iterations", "batch_real", "min_summaries",
                 "threads", "server_epochs", "local_epochs", "batch_size", "central_epochs"):
         if getattr(cfg, key) < 1:
@@ -347,8 +367,25 @@ def validate(cfg: FederatedConfig, *, check_data: bool = True, simulation: bool 
         _validate_resources(cfg)
     if check_data:
         from fedcl.data import load_dataset
+        from fedcl.distill.memory import create_memory
 
-        load_dataset(cfg.dataset, cfg.data.root or None)  # DataError now, not inside a client
+        data = load_dataset(cfg.dataset, cfg.data.root or None)  # DataError now, not inside a client
+        # param_kwargs that do not fit the images (an idc factor, a haba budget) fail now, too
+        create_memory(cfg.param, list(range(data.num_classes)), cfg.ipc, data.image_shape, **cfg.param_kwargs)
+
+
+def _validate_memory(cfg: FederatedConfig) -> None:
+    from fedcl.distill import create_distiller
+    from fedcl.distill.memory import list_memories
+
+    if cfg.param not in list_memories():
+        raise ConfigError(f"unknown param {cfg.param!r}; valid: {', '.join(list_memories())}")
+    if cfg.soft_labels and cfg.privacy.epsilon:
+        raise ConfigError("soft_labels under DP is not available (their initialisation trains on real data); "
+                          "drop soft_labels or privacy.epsilon")
+    if cfg.param != "images" or cfg.soft_labels or cfg.param_kwargs:
+        # the engine says whether it optimises a memory at all (selection engines send real images)
+        create_distiller(cfg.method, param=cfg.param, param_kwargs=cfg.param_kwargs, soft_labels=cfg.soft_labels)
 
 
 def _validate_privacy(cfg: FederatedConfig) -> None:

@@ -28,7 +28,7 @@ from fedcl.errors import FedclError
 from fedcl.federated.accounting import CountingGrid
 from fedcl.federated.config import FederatedConfig, from_run_config, to_run_config
 from fedcl.federated.task import load_data, make_model, train_global
-from fedcl.federated.validate import SummarySpec, default_max_bytes
+from fedcl.federated.validate import SummarySpec, default_max_bytes, memory_max_bytes
 from fedcl.registry import Registry
 from strategies.summaries import FedDMSummaries, OneShotSummaries
 
@@ -85,7 +85,12 @@ def run_strategy(grid: Grid, cfg: FederatedConfig, name: str) -> dict[str, Any]:
     """
     data = load_data(cfg.dataset, cfg.data.root)
     max_images = cfg.max_summary_images or cfg.ipc * data.num_classes
-    spec = SummarySpec(data.image_shape, data.num_classes, max_images, default_max_bytes(max_images, data.image_shape))
+    if cfg.param != "images" or cfg.soft_labels:  # summaries of memories: their stored tensors, soft labels
+        max_bytes = memory_max_bytes(cfg.param, cfg.param_kwargs, cfg.soft_labels, max_images, data.num_classes,
+                                     data.image_shape)
+    else:
+        max_bytes = default_max_bytes(max_images, data.image_shape)
+    spec = SummarySpec(data.image_shape, data.num_classes, max_images, max_bytes)
     model = make_model(cfg, data, seed=cfg.seed)
 
     def train_fn(images: torch.Tensor, labels: torch.Tensor, arrays: ArrayRecord, server_round: int) -> ArrayRecord:

@@ -101,6 +101,8 @@ def _distillers(s: FederatedConfig, groups: Mapping[int, list[int]], *, seed: in
     lr_img = s.dp_lr_img if private else s.lr_img
     opts: dict[str, Any] = {"iterations": s.iterations, "batch_real": s.batch_real, "lr_img": lr_img} \
         if s.method in ("dm",) else {"iterations": s.iterations} if s.method in ("gm", "dsa") else {}
+    if s.param != "images" or s.soft_labels:  # the default keeps the engines' own default (plain images)
+        opts.update(param=s.param, param_kwargs=dict(s.param_kwargs), soft_labels=s.soft_labels)
     return {k: create_distiller(s.method, model=s.model, model_kwargs=s.model_kwargs, device=s.device,
                                 seed=seed + k, progress=False, network_fn=network_fn, **opts) for k in groups}
 
@@ -144,7 +146,8 @@ def distill_partition(s: FederatedConfig, images: torch.Tensor, labels: torch.Te
     and nothing is distilled. Recording the spend is the caller's (the round costs its largest group).
 
     Returns:
-        Images, labels, and one ``{"ipc", "classes", "seconds", "privacy"}`` dict per group.
+        Decoded images, labels (soft with ``soft_labels``), and one ``{"ipc", "classes", "seconds",
+        "privacy", "set"}`` dict per group (``set``: its SyntheticSet, whose ``memory`` is what is stored).
     """
     private = privacy is not None
     groups = _groups(s, labels, data.num_classes, private)
@@ -160,7 +163,7 @@ def distill_partition(s: FederatedConfig, images: torch.Tensor, labels: torch.Te
         xs.append(syn.images)
         ys.append(syn.labels)
         info.append({"ipc": k, "classes": classes, "seconds": distiller.stats.get("distill_seconds", 0.0),
-                     "privacy": syn.meta.get("privacy")})
+                     "privacy": syn.meta.get("privacy"), "set": syn})
     if not xs:
         return torch.zeros(0, *data.image_shape), torch.zeros(0, dtype=torch.long), info
     return torch.cat(xs), torch.cat(ys), info

@@ -9,7 +9,7 @@ other in this process, with the functions and seeds of the ClientApp; the union 
 cached under ``--cache`` (per ``--tag`` and seed), and the server trains on it as the ServerApp does
 (``train_global``). It gives the Flower run's figure to the digit (seeds 0, 1 and 19 of
 ``experiments/results/federated.md``) without Ray, so several seeds fit on a small CPU.
-``--server-set`` changes the server's settings only (snake_case ``TaskSettings`` keys, e.g.
+``--server-set`` changes the server's settings only (snake_case ``FederatedConfig`` keys, e.g.
 ``server_noise_decay=0.5``) and reuses the cached summaries. ``--offsets`` trains the server again with
 other seeds for its training randomness. ``--noise-multiplier 0`` runs the clients' DP engine without
 its noise (not private: it measures what the noise costs).
@@ -28,9 +28,8 @@ from pathlib import Path
 import torch
 
 from fedcl.config import load_config
-from fedcl.federated.command import FederatedConfig, run_config
+from fedcl.federated.config import FederatedConfig, from_run_config, to_run_config
 from fedcl.federated.task import (
-    TaskSettings,
     client_seed,
     distill_partition,
     load_data,
@@ -44,21 +43,22 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "federated" / "dp_oneshot_mnist.yaml"
 
 
-def _value(name: str, text: str) -> object:
-    default = getattr(TaskSettings, name)
-    return text == "true" if isinstance(default, bool) else type(default)(text)
-
-
-def settings(config: str, seed: int, root: str, overrides: list[str]) -> tuple[TaskSettings, int]:
-    """The config's ``TaskSettings`` (as its Flower run gets them) for ``seed`` and ``root``, and its clients."""
+def settings(config: str, seed: int, root: str, overrides: list[str]) -> tuple[FederatedConfig, int]:
+    """The config's settings (as its Flower run gets them) for ``seed`` and ``root``, and its clients."""
     cfg = load_config(FederatedConfig, path=config, overrides=[*overrides, f"seed={seed}", f"data.root={root}"])
-    return TaskSettings.from_record(run_config(cfg, "oneshot")), cfg.num_clients
+    return from_run_config(to_run_config(cfg)), cfg.num_clients
 
 
-def summaries(s: TaskSettings, num_clients: int, noise_multiplier: float | None = None) -> dict[str, torch.Tensor]:
+def with_overrides(s: FederatedConfig, overrides: list[str]) -> FederatedConfig:
+    """``s`` with snake_case ``key=value`` overrides, validated as a run config is."""
+    extra = {k.replace("_", "-"): v for k, _, v in (item.partition("=") for item in overrides)}
+    return from_run_config({**to_run_config(s), **extra})
+
+
+def summaries(s: FederatedConfig, num_clients: int, noise_multiplier: float | None = None) -> dict[str, torch.Tensor]:
     """Every client's summary, as the ClientApp makes it (seeds included), and its class counts."""
-    data = load_data(s.dataset, s.data_root)
-    privacy = s.privacy_config()
+    data = load_data(s.dataset, s.data.root)
+    privacy = s.privacy.release()
     if noise_multiplier is not None:
         privacy = dataclasses.replace(privacy, epsilon=None, noise_multiplier=noise_multiplier)
     xs, ys, owners, counts = [], [], [], []
@@ -74,7 +74,7 @@ def summaries(s: TaskSettings, num_clients: int, noise_multiplier: float | None 
     return {"x": torch.cat(xs), "y": torch.cat(ys), "owner": torch.cat(owners), "counts": torch.stack(counts)}
 
 
-def cached_summaries(cache: Path, s: TaskSettings, num_clients: int,
+def cached_summaries(cache: Path, s: FederatedConfig, num_clients: int,
                      noise_multiplier: float | None = None) -> dict[str, torch.Tensor]:
     """:func:`summaries`, loaded from ``cache`` (``weights_only``) or made and saved there."""
     if cache.exists():
@@ -85,9 +85,9 @@ def cached_summaries(cache: Path, s: TaskSettings, num_clients: int,
     return blob
 
 
-def server_run(s: TaskSettings, blob: dict[str, torch.Tensor], offset: int) -> dict[str, object]:
+def server_run(s: FederatedConfig, blob: dict[str, torch.Tensor], offset: int) -> dict[str, object]:
     """The ServerApp's training on the union of summaries (training seed ``s.seed + 1 + offset``)."""
-    data = load_data(s.dataset, s.data_root)
+    data = load_data(s.dataset, s.data.root)
     x, y = blob["x"], blob["y"]
     t0 = time.perf_counter()
     model = make_model(s, data, seed=s.seed)
@@ -108,7 +108,7 @@ def main() -> None:
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "federated_dp_ablation.jsonl"))
     p.add_argument("--set", nargs="*", default=[], help="config overrides, key=value as for `fedcl federated`")
     p.add_argument("--server-set", nargs="*", default=[],
-                   help="TaskSettings overrides for the server's training only, snake_case key=value")
+                   help="FederatedConfig overrides for the server's training only, snake_case key=value")
     p.add_argument("--offsets", type=int, nargs="*", default=[0], help="server training seeds: seed + 1 + offset")
     p.add_argument("--noise-multiplier", type=float, default=None,
                    help="the clients' noise multiplier instead of calibrating to epsilon (0: no noise, not private)")
@@ -117,7 +117,7 @@ def main() -> None:
     s, num_clients = settings(args.config, args.seed, args.root, args.set)
     blob = cached_summaries(Path(args.cache) / f"{args.tag}_seed{args.seed}.pt", s, num_clients,
                             args.noise_multiplier)
-    server = dataclasses.replace(s, **{k: _value(k, t) for k, _, t in (i.partition("=") for i in args.server_set)})
+    server = with_overrides(s, args.server_set)
     for offset in args.offsets:
         rec = {"tag": args.tag, "config": Path(args.config).name, "set": args.set, "server_set": args.server_set,
                **({"noise_multiplier": args.noise_multiplier} if args.noise_multiplier is not None else {}),

@@ -19,10 +19,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from federated_common import environment  # noqa: E402
 
-from fedcl.config import DataConfig  # noqa: E402
-from fedcl.federated.command import ClientResources, FederatedConfig, centralised, run_federated  # noqa: E402
+from fedcl.federated.command import (  # noqa: E402
+    ClientResources,
+    FederatedConfig,
+    FederatedData,
+    FederatedPrivacy,
+    centralised,
+    run_federated,
+)
 from fedcl.federated.report import plot_accuracy_vs_bytes, results_table  # noqa: E402
-from fedcl.privacy.config import PrivacyConfig  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
@@ -34,7 +39,7 @@ def main() -> None:
     ap.add_argument("--root", default=str(REPO.parent / "shared" / "data"))
     ap.add_argument("--iterations", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--client-cpus", type=float, default=1.0, help="Ray CPUs per client (2 on 2 cores: one at a time)")
+    ap.add_argument("--client-cpus", type=int, default=1, help="Ray CPUs per client (2 on 2 cores: one at a time)")
     ap.add_argument("--feddm-rounds", type=int, default=3)
     ap.add_argument("--strategies", nargs="*", default=["oneshot", "fedavg", "feddm"],
                     help="non-DP strategies (none: only the --dp run)")
@@ -53,7 +58,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     runs, dp_runs = [], []
     for seed in args.seeds:
-        cfg = FederatedConfig(dataset="mnist", data=DataConfig(root=args.root), num_clients=10, partition="dirichlet",
+        cfg = FederatedConfig(dataset="mnist", data=FederatedData(root=args.root), num_clients=10, partition="dirichlet",
                               alpha=0.1, ipc=10, iterations=args.iterations, seed=seed, threads=args.threads,
                               strategies=list(args.strategies), rounds=20, feddm_rounds=args.feddm_rounds,
                               server_epochs=args.server_epochs, central_epochs=30, centralised=False,
@@ -72,7 +77,7 @@ def main() -> None:
                 run.update({k: v for k, v in one.items() if k not in ("strategies", "seconds")})
             _write(args, runs, dp_runs)
         if args.dp:
-            dp = replace(cfg, strategies=["oneshot"], privacy=PrivacyConfig(epsilon=1.0, delta=1e-5),
+            dp = replace(cfg, strategies=["oneshot"], privacy=FederatedPrivacy(epsilon=1.0, delta=1e-5),
                          iterations=args.dp_iterations or cfg.iterations,
                          batch_real=args.dp_batch_real or cfg.batch_real)
             dp_runs.append(run_federated(dp)["strategies"]["oneshot"])

@@ -130,8 +130,6 @@ _QUIET_WARNINGS: list[dict[str, Any]] = [
 
 # Flower warnings about choices fedcl makes on purpose, not the user (so nothing to act on)
 _FLOWER_NOTICES = (
-    # fedcl.federated still calls run_simulation; it goes with Flower's current route (issue 31, item 3)
-    "The `run_simulation` function is deprecated",
     # fedcl's FedAvg evaluates the global model on the server only (fedcl/federated/server_app.py)
     "fraction_evaluate is set to 0.0",
 )

@@ -7,8 +7,10 @@
   that model's (randomly perturbed) feature space, the server updates the model on the
   union of the summaries received so far.
 
-Both validate every summary (:func:`fedcl.federated.validate.validate_summary`) and drop
-bad ones with a logged reason. A client over its privacy budget answers with a refusal
+Both validate every summary (:func:`fedcl.federated.validate.validate_summary`, or for a
+summary of parameterised memories, sent with a ``summary-memory`` ``ConfigRecord``,
+:func:`~fedcl.federated.validate.validate_memory_summary`, which rebuilds and decodes them) and
+drop bad ones with a logged reason. A client over its privacy budget answers with a refusal
 (a ``refusal`` ``ConfigRecord``), which is logged and counted apart from the dropped
 summaries. A round fails with :class:`fedcl.errors.SummaryRejected` only when fewer than
 ``min_summaries`` valid summaries remain of the clients that did not refuse; a round in
@@ -29,7 +31,7 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from flwr.supercore import log
 
 from fedcl.errors import SummaryRejected
-from fedcl.federated.validate import SummarySpec, validate_summary
+from fedcl.federated.validate import SummarySpec, validate_memory_summary, validate_summary
 
 __all__ = ["FedDMSummaries", "OneShotSummaries", "SummaryStrategy", "TrainFn"]
 
@@ -91,12 +93,18 @@ class SummaryStrategy(Strategy):
         """Images per class in the union of summaries the server last trained on (None before any)."""
         if self._trained_labels is None:
             return None
-        return torch.bincount(self._trained_labels.long(), minlength=self.spec.num_classes).tolist()
+        labels = self._trained_labels
+        hard = labels.argmax(1) if labels.ndim == 2 else labels.long()
+        return torch.bincount(hard, minlength=self.spec.num_classes).tolist()
 
     def training_set(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The images and labels the global model trains on: the union of the kept summaries."""
-        return (torch.cat([x for x, _ in self.summaries.values()]),
-                torch.cat([y for _, y in self.summaries.values()]))
+        """The images and labels the global model trains on: the union of the kept summaries (hard labels
+        become one-hot rows when any summary has soft labels)."""
+        labels = [y for _, y in self.summaries.values()]
+        if any(y.ndim == 2 for y in labels):
+            labels = [torch.nn.functional.one_hot(y, self.spec.num_classes).float() if y.ndim == 1 else y
+                      for y in labels]
+        return torch.cat([x for x, _ in self.summaries.values()]), torch.cat(labels)
 
     def summary(self) -> None:
         """Log the strategy's configuration."""
@@ -151,7 +159,11 @@ class SummaryStrategy(Strategy):
                 self._drop(server_round, node, "reply has no 'summary' ArrayRecord")
                 continue
             try:
-                fresh[node] = validate_summary(msg.content["summary"], self.codec, self.spec)
+                if "summary-memory" in msg.content.config_records:
+                    fresh[node] = validate_memory_summary(msg.content["summary"], dict(msg.content["summary-memory"]),
+                                                          self.codec, self.spec)
+                else:
+                    fresh[node] = validate_summary(msg.content["summary"], self.codec, self.spec)
             except SummaryRejected as exc:
                 self._drop(server_round, node, str(exc))
                 continue

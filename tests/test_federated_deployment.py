@@ -102,7 +102,8 @@ class Federation:
         return proc
 
     def run(self, run_config: str, *, timeout: float = 240, on_line=None) -> dict:
-        """``flwr run . test --stream`` with ``run_config``; returns the ServerApp's result JSON."""
+        """``flwr run . test --stream`` with ``run_config``; returns the ServerApp's result JSON (raises on an
+        ``error`` result)."""
         result = self.tmp / "result.json"
         cmd = [str(BIN / "flwr"), "run", str(REPO), "test", "--stream", "--run-config",
                f"{run_config} result-file='{result}'"]
@@ -125,7 +126,10 @@ class Federation:
             logs = (self.tmp / "flwr-run.log").read_text(errors="replace")[-3000:]
             pytest.fail(f"no result within {timeout} s; flwr run output:\n{logs}")
         time.sleep(0.5)
-        return json.loads(result.read_text())
+        payload = json.loads(result.read_text())
+        if "error" in payload:
+            pytest.fail(f"the ServerApp ended with an error: {payload['error']}")
+        return payload
 
     def kill(self, proc: subprocess.Popen) -> None:
         """SIGKILL a process and every process it started (its own session)."""
@@ -158,7 +162,7 @@ def federation(tmp_path):
 
 def test_flwr_run_three_supernodes_insecure(federation):
     fed = federation(n=3)
-    r = fed.run(f"strategy='oneshot' min-nodes=3 ipc=5 {TINY}")
+    r = fed.run(f"strategies='oneshot' num-clients=3 ipc=5 {TINY}")["strategies"]["oneshot"]
     assert r["strategy"] == "oneshot" and r["rounds"] == 1
     assert r["dropped_summaries"] == 0
     assert len(r["bytes_per_client"]["1"]) == 3  # three SuperNodes answered
@@ -168,7 +172,7 @@ def test_flwr_run_three_supernodes_insecure(federation):
 
 def test_flwr_run_with_tls(federation):
     fed = federation(n=3, tls=True)
-    r = fed.run(f"strategy='oneshot' min-nodes=3 ipc=3 {TINY}")
+    r = fed.run(f"strategies='oneshot' num-clients=3 ipc=3 {TINY}")["strategies"]["oneshot"]
     assert len(r["bytes_per_client"]["1"]) == 3
     assert r["dropped_summaries"] == 0 and r["final_accuracy"] > max(0.12, r["accuracy_per_round"][0])
     assert "TLS disabled" not in (fed.tmp / "superlink.log").read_text(errors="replace")
@@ -183,8 +187,8 @@ def test_run_completes_when_a_supernode_dies(federation):
             fed.kill(fed.nodes[2])
             killed.append(True)
 
-    r = fed.run(f"strategy='fedavg' num-rounds=3 min-nodes=2 round-timeout=120.0 local-epochs=1 {TINY}",
-                timeout=560, on_line=kill_in_round_two)
+    r = fed.run(f"strategies='fedavg' rounds=3 num-clients=2 round-timeout=120.0 local-epochs=1 {TINY}",
+                timeout=560, on_line=kill_in_round_two)["strategies"]["fedavg"]
     assert killed, "the run finished before round 2 started"
     assert r["rounds"] == 3 and len(r["accuracy_per_round"]) == 4
     answered = {k: {n for n, v in r["bytes_per_client"][str(k)].items() if v["up"] > 0} for k in (1, 2, 3)}

@@ -65,14 +65,15 @@ def test_dp_clients_summarise_only_classes_large_enough_for_their_noise() -> Non
     import torch
 
     from fedcl.data import load_dataset
-    from fedcl.federated.task import TaskSettings, distill_partition
+    from fedcl.federated.config import FederatedConfig
+    from fedcl.federated.task import distill_partition
     from fedcl.privacy import PrivacyConfig
 
     data = load_dataset("digits")
     # a client with 120 images of class 0 and 20 of class 1
     idx = torch.cat([torch.nonzero(data.train_labels == 0)[:120, 0], torch.nonzero(data.train_labels == 1)[:20, 0]])
     images, labels = data.train_images[idx], data.train_labels[idx]
-    s = TaskSettings(ipc=2, iterations=2, batch_real=8, width=8, dp_min_class_images=100)
+    s = FederatedConfig(ipc=2, iterations=2, batch_real=8, width=8, dp_min_class_images=100)
     _, y, _ = distill_partition(s, images, labels, data, seed=0)
     assert sorted(set(y.tolist())) == [0, 1]  # without DP every class it holds
     _, y, groups = distill_partition(s, images, labels, data, seed=0,
@@ -83,13 +84,14 @@ def test_dp_clients_summarise_only_classes_large_enough_for_their_noise() -> Non
 def test_a_client_over_its_budget_is_refused_before_it_reads_its_partition(monkeypatch: pytest.MonkeyPatch) -> None:
     from fedcl.data import load_dataset
     from fedcl.distill.base import Distiller
-    from fedcl.federated.task import TaskSettings, distill_partition
+    from fedcl.federated.config import FederatedConfig
+    from fedcl.federated.task import distill_partition
     from fedcl.privacy import PrivacyConfig, PrivacyLedger
 
     data = load_dataset("digits")
     keep = data.train_labels < 2
     images, labels = data.train_images[keep], data.train_labels[keep]
-    s = TaskSettings(ipc=2, iterations=2, batch_real=8, width=8, dp_min_class_images=10)
+    s = FederatedConfig(ipc=2, iterations=2, batch_real=8, width=8, dp_min_class_images=10)
     priv = PrivacyConfig(epsilon=1.0, delta=1e-3, accountant="prv")
     ledger = PrivacyLedger(epsilon=1.2, delta=1e-3, accountant="prv")
     _, _, groups = distill_partition(s, images, labels, data, seed=0, privacy=priv, ledger=ledger)
@@ -103,52 +105,38 @@ def test_a_client_over_its_budget_is_refused_before_it_reads_its_partition(monke
 
 
 def test_federated_dp_needs_an_accountant_that_composes_rounds() -> None:
-    from fedcl.federated.command import FederatedConfig, _validate
-    from fedcl.privacy import PrivacyConfig
+    from fedcl.federated.config import FederatedConfig, FederatedPrivacy, validate
 
     with pytest.raises(ConfigError, match="gdp"):
-        _validate(FederatedConfig(privacy=PrivacyConfig(epsilon=1.0, accountant="gdp"), strategies=["oneshot"]))
+        validate(FederatedConfig(privacy=FederatedPrivacy(epsilon=1.0, accountant="gdp"), strategies=["oneshot"]))
 
 
 @pytest.mark.parametrize("bad", [{"max_grad_norm": -1.0}, {"delta": 2.0}, {"accountant": "xyz"}])
 def test_a_bad_privacy_block_is_refused_before_any_client_starts(bad: dict) -> None:
-    from fedcl.federated.command import FederatedConfig, _validate
-    from fedcl.privacy import PrivacyConfig
+    from fedcl.federated.config import FederatedConfig, FederatedPrivacy, validate
 
     with pytest.raises(PrivacyError, match=next(iter(bad))):
-        _validate(FederatedConfig(privacy=PrivacyConfig(epsilon=1.0, **bad), strategies=["oneshot"]))
+        validate(FederatedConfig(privacy=FederatedPrivacy(epsilon=1.0, **bad), strategies=["oneshot"]))
 
 
-def test_run_config_carries_the_privacy_block_and_matches_the_app_defaults() -> None:
-    from pathlib import Path
-
+def test_run_config_carries_the_privacy_block_to_each_clients_ledger() -> None:
     from flwr.app import Context, RecordDict
 
     from fedcl.federated.client_app import _privacy
-    from fedcl.federated.command import FederatedConfig, run_config
-    from fedcl.federated.task import TaskSettings
-    from fedcl.privacy import PrivacyConfig
+    from fedcl.federated.config import FederatedConfig, FederatedPrivacy, from_run_config, to_run_config
 
-    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
-    priv = PrivacyConfig(epsilon=2.0, delta=1e-6, max_grad_norm=0.5, accountant="prv", replay=2, center=False,
-                         budget=5.0)
-    rc = run_config(FederatedConfig(privacy=priv, strategies=["oneshot"]), "oneshot")
-    app = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    task_keys = {k for k in TaskSettings().to_record() if k != "data-root"}
-    assert task_keys <= set(app), sorted(task_keys - set(app))  # `flwr run .` gets every task setting
-    server_keys = {"strategy", "num-rounds", "min-nodes", "min-summaries", "round-timeout", "result-file", "model-file",
-                   "data-root",
-                   "max-summary-images"}
-    assert set(app) <= task_keys | server_keys, sorted(set(app) - task_keys - server_keys)  # nothing stale
-    assert "fault" not in app and "fault" not in rc  # no test hook in what a deployed node obeys
-    s = TaskSettings.from_record(rc)
+    priv = FederatedPrivacy(epsilon=2.0, delta=1e-6, max_grad_norm=0.5, accountant="prv", replay=2, center=False,
+                            budget=5.0)
+    rc = to_run_config(FederatedConfig(privacy=priv, strategies=["oneshot"]))
+    assert "fault" not in rc  # no test hook in what a deployed node obeys
+    s = from_run_config(rc)
     context = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config=rc)
-    got, ledger = _privacy(s, context)
+    got, ledger = _privacy(s, context, "oneshot")
     assert (got.epsilon, got.delta, got.max_grad_norm, got.accountant) == (2.0, 1e-6, 0.5, "prv")
     assert (got.replay, got.center, got.normalize) == (2, False, True)
     # each summary is one release at epsilon; the ledger caps the client's total at the budget
     assert ledger.epsilon == 5.0 and ledger.accountant == "prv" and ledger.owner == "client-7"
-    s_nocap = TaskSettings.from_record(run_config(FederatedConfig(privacy=PrivacyConfig(epsilon=2.0)), "oneshot"))
+    s_nocap = from_run_config(to_run_config(FederatedConfig(privacy=FederatedPrivacy(epsilon=2.0), strategies=["oneshot"])))
     assert _privacy(s_nocap, Context(run_id=1, node_id=7, node_config={}, state=RecordDict(),
                                      run_config={}))[1].epsilon is None  # no budget: recorded, never refused
 
@@ -156,40 +144,39 @@ def test_run_config_carries_the_privacy_block_and_matches_the_app_defaults() -> 
 @pytest.mark.parametrize(("epsilon", "budget", "match"), [
     (1.0, 0.5, "privacy.budget must be > 0 and >= privacy.epsilon"),
     (1.0, -1.0, "privacy.budget must be > 0"),
-    (None, 2.0, "set privacy.epsilon too"),
+    (0.0, 2.0, "set privacy.epsilon too"),
 ])
 def test_a_budget_below_one_release_is_refused_in_one_line(epsilon, budget, match) -> None:
-    from fedcl.federated.command import FederatedConfig, _validate
-    from fedcl.privacy import PrivacyConfig
+    from fedcl.federated.config import FederatedConfig, FederatedPrivacy, validate
 
     with pytest.raises(ConfigError, match=match) as info:
-        _validate(FederatedConfig(privacy=PrivacyConfig(epsilon=epsilon, budget=budget), strategies=["oneshot"]))
+        validate(FederatedConfig(privacy=FederatedPrivacy(epsilon=epsilon, budget=budget), strategies=["oneshot"]))
     assert len(str(info.value).splitlines()) == 1
-    _validate(FederatedConfig(privacy=PrivacyConfig(epsilon=1.0, budget=1.0), strategies=["oneshot"]))  # one release
+    validate(FederatedConfig(privacy=FederatedPrivacy(epsilon=1.0, budget=1.0), strategies=["oneshot"]))  # one release
 
 
 @pytest.mark.parametrize("gpus", [-0.5, 0.25])
 def test_client_gpus_are_checked_before_ray_starts(gpus: float, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from fedcl.federated.command import ClientResources, FederatedConfig, _validate
+    from fedcl.federated.config import ClientResources, FederatedConfig, validate
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU machine, also where CI has a GPU
     with pytest.raises(ConfigError, match="num_gpus"):
-        _validate(FederatedConfig(client_resources=ClientResources(num_gpus=gpus)))
-    _validate(FederatedConfig(client_resources=ClientResources(num_gpus=0.0)))  # the default passes
+        validate(FederatedConfig(client_resources=ClientResources(num_gpus=gpus)))
+    validate(FederatedConfig(client_resources=ClientResources(num_gpus=0.0)))  # the default passes
 
 
 def test_cuda_clients_must_reserve_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     """Ray hides the GPUs from a client with num_gpus=0, so device=cuda would fail inside every actor."""
     import torch
 
-    from fedcl.federated.command import ClientResources, FederatedConfig, _validate
+    from fedcl.federated.config import ClientResources, FederatedConfig, validate
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     with pytest.raises(ConfigError, match="device=cuda needs client_resources.num_gpus > 0"):
-        _validate(FederatedConfig(device="cuda"))
-    _validate(FederatedConfig(device="cuda", client_resources=ClientResources(num_gpus=0.2)))
+        validate(FederatedConfig(device="cuda"))
+    validate(FederatedConfig(device="cuda", client_resources=ClientResources(num_gpus=0.2)))
 
 
 def test_federated_modules_import_without_avalanche() -> None:
@@ -213,19 +200,20 @@ def test_server_noise_reaches_every_training_batch_and_not_the_centralised_basel
 
     import fedcl.federated.task as task
     from fedcl.data import load_dataset
-    from fedcl.federated.command import FederatedConfig, _validate, centralised, run_config
-    from fedcl.federated.task import TaskSettings, make_model, train_global
+    from fedcl.federated.command import FederatedConfig, centralised
+    from fedcl.federated.config import from_run_config, to_run_config, validate
+    from fedcl.federated.task import make_model, train_global
 
     data = load_dataset("digits")
-    s = TaskSettings(width=8)
+    s = FederatedConfig(width=8)
     x, y = data.train_images[:300], data.train_labels[:300]
     clean = train_global(s, make_model(s, data, seed=0), x, y, data, epochs=30, seed=1, dsa=False, lr=0.1)
     drowned = train_global(dataclasses.replace(s, server_noise=100.0), make_model(s, data, seed=0), x, y, data,
                            epochs=30, seed=1, dsa=False, lr=0.1)
     assert clean > 0.7 and drowned < 0.3  # noise 100x the pixel scale leaves nothing to learn from
-    assert TaskSettings.from_record(run_config(FederatedConfig(server_noise=0.5), "oneshot")).server_noise == 0.5
+    assert from_run_config(to_run_config(FederatedConfig(server_noise=0.5))).server_noise == 0.5
     with pytest.raises(ConfigError, match="server_noise"):
-        _validate(FederatedConfig(server_noise=-1.0))
+        validate(FederatedConfig(server_noise=-1.0))
     seen: list[tuple[float, bool, float]] = []
     monkeypatch.setattr(task, "train_global", lambda s, *a, lr, **k: seen.append(
         (s.server_noise, s.server_standardize, lr)) or 1.0)
@@ -236,13 +224,14 @@ def test_server_noise_reaches_every_training_batch_and_not_the_centralised_basel
 def test_the_server_trains_on_summaries_at_the_protocols_learning_rate(monkeypatch: pytest.MonkeyPatch) -> None:
     import fedcl.federated.task as task
     from fedcl.data import load_dataset
-    from fedcl.federated.task import SERVER_LR, TaskSettings, make_model, train_global
+    from fedcl.federated.config import FederatedConfig
+    from fedcl.federated.task import SERVER_LR, make_model, train_global
 
     data = load_dataset("digits")
     rates: list[float] = []
     stock = task.train_model
     monkeypatch.setattr(task, "train_model", lambda *a, lr, **k: rates.append(lr) or stock(*a, lr=lr, **k))
-    s = TaskSettings(width=8, lr=0.02)
+    s = FederatedConfig(width=8, lr=0.02)
     train_global(s, make_model(s, data, seed=0), data.train_images[:50], data.train_labels[:50], data, epochs=1,
                  seed=1, dsa=False)
     assert rates == [SERVER_LR] == [0.01]  # the DC/DM evaluation protocol's, not FedAvg's local lr
@@ -253,8 +242,8 @@ def test_server_noise_decay_scales_the_noise_where_the_learning_rate_falls(monke
 
     import fedcl.federated.task as task
     from fedcl.data import load_dataset
-    from fedcl.federated.command import FederatedConfig, _validate, run_config
-    from fedcl.federated.task import SERVER_BATCH, TaskSettings, make_model, train_global
+    from fedcl.federated.config import FederatedConfig, from_run_config, to_run_config, validate
+    from fedcl.federated.task import SERVER_BATCH, make_model, train_global
 
     data = load_dataset("digits")
     n = SERVER_BATCH + 44  # two minibatches per epoch
@@ -271,14 +260,14 @@ def test_server_noise_decay_scales_the_noise_where_the_learning_rate_falls(monke
 
     monkeypatch.setattr(task, "train_model", recording)
     for decay in (1.0, 0.25):
-        s = TaskSettings(width=8, server_noise=2.0, server_noise_decay=decay)
+        s = FederatedConfig(width=8, server_noise=2.0, server_noise_decay=decay)
         train_global(s, make_model(s, data, seed=0), zeros, y, data, epochs=5, seed=1, dsa=False)
     # 5 epochs: train_model divides the lr by 10 from epoch 5 // 2 = 2, i.e. from the fifth minibatch
     assert stds[:10] == pytest.approx([2.0] * 10, rel=0.05)
     assert stds[10:] == pytest.approx([2.0] * 4 + [0.5] * 6, rel=0.05)
-    assert TaskSettings.from_record(run_config(FederatedConfig(server_noise_decay=0.5), "oneshot")).server_noise_decay == 0.5
+    assert from_run_config(to_run_config(FederatedConfig(server_noise_decay=0.5))).server_noise_decay == 0.5
     with pytest.raises(ConfigError, match="server_noise_decay"):
-        _validate(FederatedConfig(server_noise_decay=-0.5))
+        validate(FederatedConfig(server_noise_decay=-0.5))
 
 
 def test_server_standardize_makes_server_training_blind_to_each_summary_images_scale() -> None:
@@ -287,8 +276,8 @@ def test_server_standardize_makes_server_training_blind_to_each_summary_images_s
     import torch
 
     from fedcl.data import load_dataset
-    from fedcl.federated.command import FederatedConfig, run_config
-    from fedcl.federated.task import TaskSettings, make_model, standardize_images, train_global
+    from fedcl.federated.config import FederatedConfig, from_run_config, to_run_config
+    from fedcl.federated.task import make_model, standardize_images, train_global
     from fedcl.train import predict
 
     data = load_dataset("digits")
@@ -299,7 +288,7 @@ def test_server_standardize_makes_server_training_blind_to_each_summary_images_s
     # every image at its own scale and offset, as DP summaries end up: the matching cannot see either
     scale = torch.rand(200, 1, 1, 1, generator=torch.Generator().manual_seed(0)) * 5 + 0.5
     shifted = x * scale + 0.3
-    s = TaskSettings(width=8, server_noise=1.0)
+    s = FederatedConfig(width=8, server_noise=1.0)
     preds = {}
     for standardize in (False, True):
         for name, images in (("raw", x), ("rescaled", shifted)):
@@ -309,5 +298,4 @@ def test_server_standardize_makes_server_training_blind_to_each_summary_images_s
             preds[standardize, name] = predict(model, data.test_images)
     agree = {k: float((preds[k, "raw"] == preds[k, "rescaled"]).float().mean()) for k in (False, True)}
     assert agree[True] > 0.99 and agree[False] < 0.95  # without: absolute noise meets each image's own scale
-    record = run_config(FederatedConfig(server_standardize=True), "oneshot")
-    assert TaskSettings.from_record(record).server_standardize
+    assert from_run_config(to_run_config(FederatedConfig(server_standardize=True))).server_standardize

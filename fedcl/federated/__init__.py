@@ -5,7 +5,8 @@ The Flower apps live in :mod:`fedcl.federated.client_app` and :mod:`fedcl.federa
 """
 
 from fedcl.federated.codec import CODECS, decode_summary, encode_summary
-from fedcl.federated.task import TaskSettings
+from fedcl.federated.config import FederatedConfig, from_run_config, to_run_config
 from fedcl.federated.validate import SummarySpec, validate_summary
 
-__all__ = ["CODECS", "SummarySpec", "TaskSettings", "decode_summary", "encode_summary", "validate_summary"]
+__all__ = ["CODECS", "FederatedConfig", "SummarySpec", "decode_summary", "encode_summary", "from_run_config",
+           "to_run_config", "validate_summary"]

@@ -5,14 +5,19 @@ One ``train`` handler serves every strategy; the ``task`` key of the message's
 
 - ``summary``: distill the partition (in the received model's perturbed feature space
   when the message carries ``arrays``: FedDM) and reply with the summary ``ArrayRecord``
-  under ``summary`` plus a ``MetricRecord`` (``num-examples``, ``summary-bytes``,
+  under ``summary`` (with ``param`` other than ``images`` or ``soft_labels``: the memories'
+  stored tensors, their descriptions in a ``summary-memory`` ``ConfigRecord``) plus a ``MetricRecord`` (``num-examples``, ``summary-bytes``,
   ``epsilon``, ``releases``, ``seconds``). Under DP, a client whose summary would take its
   ledger over ``budget`` replies instead with a ``refusal`` ``ConfigRecord`` (``reason``)
   and the same ``MetricRecord`` without a summary: a normal answer, not an error;
 - ``fedavg``: load ``arrays``, train locally, reply with the new ``arrays``.
 
 The partition comes from ``context.node_config`` (``partition-id``, ``num-partitions``);
-settings from the message's config over ``context.run_config``.
+the settings from ``context.run_config``, read and validated by
+:func:`fedcl.federated.config.from_run_config` as the ServerApp and ``fedcl federated`` read
+them (a bad value is a ConfigError: the reply is an error, the server drops it with its
+reason). The message's ``ConfigRecord`` says only what to do: ``task``, ``strategy`` (each
+strategy of a run keeps its own privacy ledger, as if it were its own run) and ``server-round``.
 """
 
 from __future__ import annotations
@@ -26,9 +31,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from fedcl.errors import PrivacyError
-from fedcl.federated.codec import encode_summary
+from fedcl.federated.codec import encode_memory_summary, encode_summary
+from fedcl.federated.config import FederatedConfig, from_run_config
 from fedcl.federated.task import (
-    TaskSettings,
     check_budget,
     client_seed,
     distill_partition,
@@ -42,29 +47,26 @@ from fedcl.federated.task import (
 
 __all__ = ["app", "train"]
 
-#: the ledger's epsilon when ``budget`` is 0 (no cap): the total is recorded, nothing is refused
-
 app = ClientApp()
 
 
-def _settings(msg: Message, context: Context) -> tuple[TaskSettings, dict, int, int]:
+def _settings(msg: Message, context: Context) -> tuple[FederatedConfig, dict, int, int]:
+    s = from_run_config(context.run_config)
+    torch.set_num_threads(s.threads)
     config = dict(msg.content["config"]) if "config" in msg.content.config_records else {}
-    merged = {**dict(context.run_config), **config}
-    torch.set_num_threads(int(merged.get("client-threads", 1)))
-    return (TaskSettings.from_record(merged), merged, int(context.node_config["partition-id"]),
-            int(context.node_config["num-partitions"]))
+    return s, config, int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Handle one training message (``task`` = ``summary`` or ``fedavg``)."""
-    s, merged, pid, num_parts = _settings(msg, context)
+    s, config, pid, num_parts = _settings(msg, context)
     t0 = time.perf_counter()
-    data = load_data(s.dataset, s.data_root)
+    data = load_data(s.dataset, s.data.root)
     images, labels = load_partition(s, pid, num_parts)
-    server_round = int(merged.get("server-round", 1))
+    server_round = int(config.get("server-round", 1))
     seed = client_seed(s, pid, server_round)
-    if merged.get("task", "summary") == "fedavg":
+    if config.get("task", "summary") == "fedavg":
         model = make_model(s, data)
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
         acc = train_local(s, model, images, labels, seed=seed)
@@ -72,7 +74,7 @@ def train(msg: Message, context: Context) -> Message:
         return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)}),
                        reply_to=msg)
 
-    privacy, ledger = _privacy(s, context)
+    privacy, ledger = _privacy(s, context, str(config.get("strategy", "")))
     metrics: dict[str, Any] = {"num-examples": int(len(labels)), "partition-id": pid}
     if ledger is not None:
         # the budget stop: planned from class counts, before any image is read
@@ -89,29 +91,41 @@ def train(msg: Message, context: Context) -> Message:
         network_fn = perturbed_network_fn(model, s.rho, seed)
     x, y, groups = distill_partition(s, images, labels, data, seed=seed, network_fn=network_fn, privacy=privacy,
                                      ledger=ledger)
-    _spend(ledger, groups, context, server_round)
-    record = encode_summary(x, y, s.codec)
-    metrics.update(_ledger_metrics(ledger), **{"summary-images": int(len(y)), "summary-bytes": record.count_bytes(),
+    _spend(ledger, groups, context, server_round, str(config.get("strategy", "")))
+    content: dict[str, Any] = {}
+    if s.param != "images" or s.soft_labels:  # what the memories store, not their decoded images
+        content["summary"], content["summary-memory"] = encode_memory_summary([g["set"].memory for g in groups],
+                                                                              s.codec)
+    else:
+        content["summary"] = encode_summary(x, y, s.codec)
+    metrics.update(_ledger_metrics(ledger), **{"summary-images": int(len(y)),
+                                               "summary-bytes": content["summary"].count_bytes(),
                                                "seconds": time.perf_counter() - t0})
-    return Message(RecordDict({"summary": record, "metrics": MetricRecord(metrics)}), reply_to=msg)
+    return Message(RecordDict({**content, "metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
-def _privacy(s: TaskSettings, context: Context):
-    """The DP block of one release and the client's ledger (kept in ``context.state`` across rounds).
+def _ledger_key(strategy: str) -> str:
+    return f"privacy-ledger-{strategy}" if strategy else "privacy-ledger"
 
-    Each summary is one release at ``epsilon``; the ledger composes them with the release's own
-    accountant (Opacus RDP or PRV) and caps the total at ``budget`` (0: no cap, the total is only
-    recorded).
+
+def _privacy(s: FederatedConfig, context: Context, strategy: str = ""):
+    """The DP block of one release and the client's ledger of ``strategy`` (kept in ``context.state``
+    across rounds).
+
+    Each summary is one release at ``privacy.epsilon``; the ledger composes them with the release's
+    own accountant (Opacus RDP or PRV) and caps the total at ``privacy.budget`` (0: no cap, the
+    total is only recorded).
     """
-    if not s.epsilon:
+    p = s.privacy
+    if not p.epsilon:
         return None, None
     from fedcl.privacy.ledger import PrivacyLedger
 
-    saved = context.state.config_records.get("privacy-ledger")
+    saved = context.state.config_records.get(_ledger_key(strategy))
     ledger = (PrivacyLedger.from_dict(json.loads(str(saved["json"]))) if saved is not None
-              else PrivacyLedger(epsilon=s.budget or None, delta=s.delta, accountant=s.accountant,
+              else PrivacyLedger(epsilon=p.budget or None, delta=p.delta, accountant=p.accountant,
                                  owner=f"client-{context.node_id}"))
-    return s.privacy_config(), ledger
+    return p.release(), ledger
 
 
 def _ledger_metrics(ledger) -> dict[str, Any]:
@@ -122,7 +136,7 @@ def _ledger_metrics(ledger) -> dict[str, Any]:
             "budget": 0.0 if ledger.epsilon is None else float(ledger.epsilon)}
 
 
-def _spend(ledger, groups: list[dict], context: Context, server_round: int) -> None:
+def _spend(ledger, groups: list[dict], context: Context, server_round: int, strategy: str = "") -> None:
     """Record this round's release in the ledger and keep the ledger in ``context.state``.
 
     Groups hold disjoint classes (parallel composition), so one round costs its most
@@ -134,4 +148,4 @@ def _spend(ledger, groups: list[dict], context: Context, server_round: int) -> N
     if releases:
         worst = max(releases, key=lambda r: float(r.get("epsilon", 0.0)))
         ledger.record(worst, name=f"round {server_round}")
-    context.state["privacy-ledger"] = ConfigRecord({"json": json.dumps(ledger.to_dict())})
+    context.state[_ledger_key(strategy)] = ConfigRecord({"json": json.dumps(ledger.to_dict())})

@@ -9,6 +9,14 @@ The record holds three numpy arrays, serialised by Flower with ``np.save(allow_p
 
 The codec name travels in the reply's ``MetricRecord``/``ConfigRecord``, never inside the
 arrays, and :func:`decode_summary` never unpickles anything.
+
+A summary of parameterised memories (``param`` other than ``images``, or soft labels) sends
+what the memories store, not their decoded images (:func:`encode_memory_summary`): for each
+group ``g`` of the client's classes, every stored tensor ``NAME`` of its memory as
+``m{g}/NAME`` (in the codec's dtype, quantised per tensor) with its ``m{g}.scale/NAME``, and
+the memory's JSON description (:meth:`fedcl.distill.memory.Memory.describe`) under key
+``m{g}`` of a ``ConfigRecord``; the server rebuilds and decodes them with
+:func:`fedcl.federated.validate.validate_memory_summary`.
 """
 
 from __future__ import annotations
@@ -21,7 +29,16 @@ import torch
 from fedcl.errors import ConfigError, SummaryRejected
 from fedcl.registry import Registry
 
-__all__ = ["CODECS", "decode_summary", "encode_summary", "image_dtype"]
+__all__ = ["CODECS", "MEMORY_KEYS", "decode_memory_tensors", "memory_array_keys", "decode_summary", "encode_memory_summary", "encode_summary",
+           "image_dtype"]
+
+#: the description keys a memory summary sends (what :func:`fedcl.distill.memory.load_memory` reads)
+MEMORY_KEYS = ("param", "param_kwargs", "classes", "ipc", "image_shape", "soft_labels")
+
+
+def memory_array_keys(group: str, name: str) -> tuple[str, str]:
+    """The ``ArrayRecord`` keys of stored tensor ``name`` of memory ``group`` (``m0`` ...): data, scale."""
+    return f"{group}/{name}", f"{group}.scale/{name}"
 
 Encoder = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 Decoder = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -106,3 +123,42 @@ def decode_summary(record, codec: str) -> tuple[torch.Tensor, torch.Tensor]:
     images = decode(record["images"].numpy(), record["scale"].numpy())
     labels = record["labels"].numpy().astype(np.int64)
     return torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels)
+
+
+def encode_memory_summary(memories: list, codec: str = "float32"):  # -> tuple[ArrayRecord, ConfigRecord]
+    """Encode the stored tensors of a client's memories (one per group of classes) and their descriptions.
+
+    Args:
+        memories: :class:`fedcl.distill.memory.Memory` objects (e.g. each group's ``SyntheticSet.memory``).
+        codec: as for :func:`encode_summary`, applied to every stored tensor (soft-label logits included).
+
+    Returns:
+        An ``ArrayRecord`` (``m{g}/NAME`` and ``m{g}.scale/NAME``) and a ``ConfigRecord`` (``m{g}``: JSON).
+    """
+    import json
+
+    from flwr.app import Array, ArrayRecord, ConfigRecord
+
+    if codec not in CODECS:
+        raise ConfigError(f"unknown codec {codec!r}; valid: {', '.join(CODECS.names())}")
+    encode = CODECS.create(codec)[0]
+    arrays, descriptions = {}, {}
+    for g, memory in enumerate(memories):
+        described = memory.describe()
+        descriptions[f"m{g}"] = json.dumps({k: described[k] for k in MEMORY_KEYS})
+        for name, tensor in memory.stored().items():
+            q, scale = encode(tensor.numpy())
+            data_key, scale_key = memory_array_keys(f"m{g}", name)
+            arrays[data_key], arrays[scale_key] = Array(np.ascontiguousarray(q)), Array(scale)
+    return ArrayRecord(arrays), ConfigRecord(descriptions)
+
+
+def decode_memory_tensors(record, group: str, names: list[str], codec: str) -> dict[str, torch.Tensor]:
+    """The float32 stored tensors ``names`` of group ``group`` (``m0`` ...) of a memory summary (no pickle,
+    no checks of content)."""
+    decode = CODECS.create(codec)[1]
+    out = {}
+    for name in names:
+        data_key, scale_key = memory_array_keys(group, name)
+        out[name] = torch.from_numpy(np.ascontiguousarray(decode(record[data_key].numpy(), record[scale_key].numpy())))
+    return out

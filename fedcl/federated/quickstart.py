@@ -9,13 +9,10 @@ __all__ = ["federated_step"]
 
 def federated_step(out: Path, device: str) -> str:
     """5 digits clients (Dirichlet 0.1): one-shot DM summaries vs 5 rounds of FedAvg, with byte counts."""
-    import logging
-
     from fedcl.federated.command import FederatedConfig, run_federated
     from fedcl.federated.report import results_table, write_report
     from fedcl.runs import save_config, write_json
 
-    logging.getLogger("flwr").setLevel(logging.WARNING)
     cfg = FederatedConfig(dataset="digits", num_clients=5, strategies=["oneshot", "fedavg"], rounds=5, ipc=10,
                           iterations=100, server_epochs=200, central_epochs=30, width=64,
                           device="cpu" if device == "auto" else device)

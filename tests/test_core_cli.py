@@ -132,13 +132,7 @@ def test_help_lists_every_key_with_type_and_default(command, capsys) -> None:
     assert "eval.epochs" in lines or "data.root" in lines or command == "quickstart"  # nested keys are dotted
 
 
-_UNDOCUMENTED = {  # configs owned by other areas of issue 31; their owners document them (then drop the mark)
-    "continual": "MemoryDistillConfig (fedcl/continual/config.py) has no Attributes section yet",
-}
-
-
-@pytest.mark.parametrize("command", [pytest.param(c, marks=pytest.mark.xfail(reason=_UNDOCUMENTED[c], strict=True))
-                                     if c in _UNDOCUMENTED else c for c in sorted(COMMANDS)])
+@pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_every_key_has_a_description(command) -> None:
     missing = [k.key for k in config_keys(_resolve(COMMANDS[command].config)) if not k.help.strip()]
     assert missing == [], f"{command}: keys without a description: {missing}"

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-__all__ = ["progress", "progress_enabled", "resolve_device", "seed_everything"]
+__all__ = ["progress", "progress_enabled", "resolve_device", "save_safetensors", "seed_everything"]
 
 T = TypeVar("T")
 
@@ -61,3 +61,24 @@ def progress(iterable: Iterable[T], *, desc: str = "", total: int | None = None,
     from tqdm.auto import tqdm
 
     return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True, **kw)
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike[str],
+                     metadata: dict[str, str] | None = None) -> str:
+    """Write ``tensors`` as safetensors atomically: to a temporary file in the same folder, renamed
+    into place, so a failed write leaves nothing half-written (the folder is created)."""
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".safetensors")
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return str(path)

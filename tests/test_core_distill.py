@@ -142,7 +142,7 @@ def test_synthetic_set_round_trip(tmp_path) -> None:
     assert torch.equal(back.images, syn.images) and torch.equal(back.labels, syn.labels)
     assert back.meta == syn.meta and back.num_classes == 3
     assert back.denormalized().min() >= 0 and back.denormalized().max() <= 1
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob(".tmp-*"))  # the atomic write left no temporary file
 
 
 def test_synthetic_set_load_refuses_other_files(tmp_path) -> None:

@@ -24,7 +24,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -40,7 +39,7 @@ from fedcl.distill.base import ClassData
 from fedcl.errors import ConfigError, DataError
 from fedcl.models import create_model
 from fedcl.utils import progress as progress_bar
-from fedcl.utils import resolve_device
+from fedcl.utils import resolve_device, save_safetensors
 
 __all__ = ["FORMAT", "ExpertSpec", "Experts", "data_hash", "default_cache_dir", "flatten_params", "load_experts",
            "make_spec", "train_experts", "train_experts_on"]
@@ -160,18 +159,8 @@ def _header(spec: ExpertSpec, digest: str, traj: torch.Tensor) -> dict[str, str]
 
 
 def _save(path: Path, traj: torch.Tensor, header: dict[str, str]) -> None:
-    """Write atomically: a temporary file in the same folder, renamed into place."""
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({"trajectories": traj.contiguous()}, tmp, metadata=header)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Write atomically (:func:`fedcl.utils.save_safetensors`)."""
+    save_safetensors({"trajectories": traj}, path, header)
 
 
 class StaleExperts(DataError):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from fedcl.errors import DataError
+from fedcl.utils import save_safetensors
 
 if TYPE_CHECKING:
     from fedcl.distill.memory import Memory
@@ -118,8 +118,6 @@ class SyntheticSet:
         images; otherwise ``images`` and ``labels``. The file is written to a temporary name
         first and renamed, so a failed write leaves nothing half-written.
         """
-        from safetensors.torch import save_file
-
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         header = {"format": FORMAT, "num_classes": str(self.num_classes), "meta": json.dumps(self.meta, sort_keys=True)}
@@ -129,14 +127,7 @@ class SyntheticSet:
             labels = self.labels.detach().cpu()
             tensors = {"images": self.images.detach().float().cpu().contiguous(),
                        "labels": (labels.float() if self.soft else labels.long()).contiguous()}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=header)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        save_safetensors(tensors, path, header)
         return path
 
     @classmethod

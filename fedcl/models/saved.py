@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +29,7 @@ from torch import nn
 
 from fedcl.errors import ConfigError, DataError
 from fedcl.models.registry import MODELS, create_model
+from fedcl.utils import save_safetensors
 
 if TYPE_CHECKING:
     from fedcl.data import ImageData
@@ -60,18 +60,8 @@ def artifact_paths(folder: str | os.PathLike[str], strategy: str, strategies: Se
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, header: dict[str, str]) -> Path:
-    """Write safetensors to a temporary name in the same folder, then rename (nothing half-written)."""
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=header)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Write safetensors atomically (:func:`fedcl.utils.save_safetensors`)."""
+    save_safetensors(tensors, path, header)
     return path
 
 

@@ -7,9 +7,9 @@ The public API below is imported on first use (PEP 562), so ``import fedcl`` (an
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from fedcl._lazy import lazy_attributes
 from fedcl.errors import ConfigError, DataError, FedclError, PrivacyError, SummaryRejected
 
 __version__ = "0.1.0"
@@ -41,13 +41,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value  # later look-ups skip this function
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = lazy_attributes(globals(), _LAZY)

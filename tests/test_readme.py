@@ -129,7 +129,7 @@ def test_documented_commands_are_valid(path: Path) -> None:
     assert not bad, f"{path.name}: {bad}"
 
 
-def test_the_command_check_catches_mistakes() -> None:
+def test_the_command_check_catches_mistakes(tmp_path) -> None:
     """The checker itself: each kind of mistake is reported, a valid line is not."""
     assert _problems(["fedcl", "distill", "method=dsa", "ipc=1", "engine.outer_loop=5", "eval.epochs=3"]) == []
     assert _problems(["fedcl", "evaluate", "runs/x/synthetic.safetensors", "--model", "convnet,mlp"]) == []
@@ -140,17 +140,11 @@ def test_the_command_check_catches_mistakes() -> None:
     assert _problems(["fedcl", "distill", "configs/distill/nope.yaml"]) == [
         "config file configs/distill/nope.yaml does not exist"]
     assert _problems(["fedcl", "distill", "stray"]) == ["distill takes no argument 'stray'"]
-    assert _command_lines_of("x && .venv/bin/fedcl quickstart  # c\nfedcl bench \\\n  --quick\necho fedcl") == [
-        [".venv/bin/fedcl", "quickstart"], ["fedcl", "bench", "--quick"]]
-
-
-def _command_lines_of(text: str) -> list[list[str]]:
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as d:
-        p = Path(d) / "x.md"
-        p.write_text(f"```bash\n{text}\n```\n")
-        return _command_lines(p)
+    # commands are found after &&, behind a path and env settings, across continuations; not as arguments
+    page = tmp_path / "x.md"
+    page.write_text("```bash\nx && .venv/bin/fedcl quickstart  # c\nA=1 fedcl bench \\\n  --quick\necho fedcl\n```\n"
+                    "fedcl prose\n```python\nfedcl = 1\n```\n")
+    assert _command_lines(page) == [[".venv/bin/fedcl", "quickstart"], ["fedcl", "bench", "--quick"]]
 
 
 # ---- links -----------------------------------------------------------------------------------
@@ -163,8 +157,8 @@ def _anchors(path: Path) -> set[str]:
     return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in heads}
 
 
-@pytest.mark.parametrize("path", [README, *DOCS], ids=lambda p: p.relative_to(REPO).as_posix())
-def test_relative_links_resolve(path: Path) -> None:
+def _broken_links(path: Path) -> list[str]:
+    """The relative links (and anchors) of a Markdown file that point nowhere; code blocks are not read."""
     text = _FENCE.sub("", path.read_text())
     broken = []
     for target in _LINK.findall(text):
@@ -172,11 +166,23 @@ def test_relative_links_resolve(path: Path) -> None:
             continue
         file, _, anchor = target.partition("#")
         dest = (path.parent / file).resolve() if file else path
-        if not dest.exists():
+        if not dest.exists() or (anchor and dest.suffix == ".md" and anchor not in _anchors(dest)):
             broken.append(target)
-        elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
-            broken.append(target)
-    assert not broken, f"{path.name}: broken links {broken}"
+    return broken
+
+
+@pytest.mark.parametrize("path", [README, *DOCS], ids=lambda p: p.relative_to(REPO).as_posix())
+def test_relative_links_resolve(path: Path) -> None:
+    assert not _broken_links(path), f"{path.name}: broken links {_broken_links(path)}"
+
+
+def test_the_link_check_catches_mistakes(tmp_path) -> None:
+    (tmp_path / "b.md").write_text("# Part two\n")
+    page = tmp_path / "a.md"
+    page.write_text("# Top\n[ok](b.md) [ok](b.md#part-two) [ok](#top) [web](https://x.org/none)\n"
+                    "[gone](c.md) [bad anchor](b.md#part-three) ![img](img/none.png) [self](#nowhere)\n"
+                    "```bash\n[in code](d.md)\n```\n")
+    assert _broken_links(page) == ["c.md", "b.md#part-three", "img/none.png", "#nowhere"]
 
 
 def test_the_docs_pages_are_linked_from_the_readme() -> None:

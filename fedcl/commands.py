@@ -25,7 +25,7 @@ __all__ = ["QUICK_SCHEDULES", "EvaluateConfig", "distill_main", "evaluate_config
 
 # The schedule of each engine when ``iterations`` is left None: short enough that ``fedcl distill
 # method=M`` (ipc 10, evaluation included) finishes on the bundled digits within a few minutes
-# on 2 CPU cores (timings in the README). Any explicit ``iterations`` runs the engine's own (the
+# on 2 CPU cores (timings in docs/distillation.md). Any explicit ``iterations`` runs the engine's own (the
 # papers') schedule instead. Every registered engine has an entry ({}: it has no iterations).
 QUICK_SCHEDULES: dict[str, dict[str, Any]] = {
     "dm": {"iterations": 200},  # the paper: 20,000 (iterations=20000)

@@ -46,12 +46,12 @@ import time
 from typing import Any
 
 import torch
-from avalanche.benchmarks.utils.classification_dataset import _make_taskaware_tensor_classification_dataset
 from avalanche.training.plugins import ReplayPlugin, SupervisedPlugin
 from avalanche.training.storage_policy import ExemplarsBuffer
 from avalanche.training.templates import SupervisedTemplate
 from torch.utils.data import DataLoader
 
+from fedcl.continual.benchmarks import RECORD_IDS, tensor_dataset
 from fedcl.distill import create_distiller, list_distillers
 from fedcl.distill.memory import Memory, create_memory
 from fedcl.errors import ConfigError
@@ -62,7 +62,6 @@ from strategies.class_memory import cut, decode, memories_from_state, memories_s
 __all__ = ["DistilledBuffer", "DistilledGDumbPlugin", "DistilledReplay", "class_shares"]
 
 SHRINK_RULES = ("subsample", "redistill")
-RECORD_IDS = "record_ids"  # the experience datasets' data attribute of source indices (fedcl.continual.benchmarks)
 
 
 def class_shares(max_size: int, seen: list[int], new: list[int]) -> dict[int, int]:
@@ -310,7 +309,7 @@ class DistilledBuffer(ExemplarsBuffer):
                 self.soft[c] = soft
         x, y = self.tensors(soft=False)
         t = torch.cat([torch.full((self.memory[c].shape[0],), self.tasks[c], dtype=torch.long) for c in self.classes])
-        self.buffer = _make_taskaware_tensor_classification_dataset(x, y, task_labels=t.tolist(), targets=y.tolist())
+        self.buffer = tensor_dataset(x, y, task_labels=t.tolist())
 
     # ---- inspection and checkpoints ------------------------------------------------------
     def class_counts(self) -> dict[int, int]:

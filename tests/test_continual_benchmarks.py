@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -83,3 +86,30 @@ def test_split_cifar10_jpeg_from_shared_data():
     train, test = bench.scenario.train_stream, bench.scenario.test_stream
     assert len(train) == 5 and bench.in_shape == (3, 32, 32) and bench.data.name == "cifar10_jpeg"
     assert [len(e.dataset) for e in train] == [10000] * 5 and [len(e.dataset) for e in test] == [2000] * 5
+
+
+def test_benchmarks_come_from_avalanche_current_generators():
+    """No deprecated Avalanche scenario or warning; each record id points at its source image and label."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        split = make_benchmark("split_digits", seed=0)
+        permuted = make_benchmark("permuted_digits", seed=0, n_experiences=2)
+    n = len(split.data.train_labels)
+    for bench in (split, permuted):
+        train, test = bench.scenario.train_stream, bench.scenario.test_stream
+        assert not any("deprecated" in type(o).__module__ for o in (bench.scenario, train, train[0]))
+        assert [e.current_experience for e in test] == list(range(len(train))) and train[0].task_labels == [0]
+    assert sorted(i for e in split.scenario.train_stream for i in e.dataset.record_ids) == list(range(n))
+    assert all(sorted(e.dataset.record_ids) == list(range(n)) for e in permuted.scenario.train_stream)
+    exp = split.scenario.train_stream[1]
+    ids = list(exp.dataset.record_ids)
+    assert set(split.data.train_labels[ids].tolist()) == set(exp.classes_in_this_experience)
+    x, y, t = exp.dataset[3]
+    assert torch.equal(x, split.data.train_images[ids[3]]) and y == int(split.data.train_labels[ids[3]]) and t == 0
+
+
+def test_importing_benchmarks_warns_no_deprecation():
+    code = "import fedcl.continual.benchmarks, strategies.replay"
+    done = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", code], cwd=REPO,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -1,4 +1,9 @@
-"""Avalanche benchmarks built from fedcl datasets with Avalanche 0.6's ``nc_benchmark`` generator.
+"""Avalanche benchmarks built from fedcl datasets with Avalanche 0.6's current generators.
+
+Split benchmarks come from ``class_incremental_benchmark``, permuted ones from
+``benchmark_from_datasets`` (not the ``deprecated`` package's ``nc_benchmark``); both are
+decorated with task labels (one task, 0) and a classes timeline, so experiences expose
+``task_labels``, ``classes_in_this_experience`` and ``classes_seen_so_far`` as before.
 
 Every benchmark is a registered function ``fn(data_root, seed, n_experiences) -> Benchmark``;
 the class order (split benchmarks) or the permutations (permuted) are fixed by ``seed``.
@@ -18,14 +23,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from avalanche.benchmarks import nc_benchmark
-from avalanche.benchmarks.utils.classification_dataset import _make_taskaware_tensor_classification_dataset
+from avalanche.benchmarks.scenarios import benchmark_from_datasets, class_incremental_benchmark, with_task_labels
+from avalanche.benchmarks.scenarios.supervised import with_classes_timeline
+from avalanche.benchmarks.utils import DataAttribute, TaskLabels
+from avalanche.benchmarks.utils.classification_dataset import ClassificationDataset
+from torch.utils.data import Dataset
 
 from fedcl.data import ImageData, load_dataset
 from fedcl.errors import ConfigError
 from fedcl.registry import Registry
 
-__all__ = ["BENCHMARKS", "RECORD_IDS", "Benchmark", "list_benchmarks", "make_benchmark", "register_benchmark"]
+__all__ = ["BENCHMARKS", "RECORD_IDS", "Benchmark", "list_benchmarks", "make_benchmark", "register_benchmark",
+           "tensor_dataset"]
 
 
 #: the data attribute holding each training example's index in the source dataset's training tensors
@@ -92,10 +101,43 @@ def make_benchmark(name: str, *, root: str | None = None, seed: int = 0, n_exper
     return BENCHMARKS.get(name)(root, seed, n_experiences, **options)
 
 
-def _tensor_dataset(x: torch.Tensor, y: torch.Tensor, ids: bool = False) -> Any:
-    ds = _make_taskaware_tensor_classification_dataset(x, y, task_labels=0, targets=y.tolist())
-    # subsets and class remapping carry data attributes along, so every experience knows its source indices
-    return ds.update_data_attribute(RECORD_IDS, list(range(len(y)))) if ids else ds
+class _Tensors(Dataset):
+    """``(image, int label)`` pairs: Avalanche's targets are ints, as its own tensor datasets return them."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.x[i], int(self.y[i])
+
+
+def tensor_dataset(x: torch.Tensor, y: torch.Tensor, task_labels: int | list[int] = 0,
+                   record_ids: list[int] | None = None) -> ClassificationDataset:
+    """An Avalanche classification dataset of images ``x`` and labels ``y`` whose items are ``(x, y, task)``.
+
+    Args:
+        x: images, one per row.
+        y: int class labels (the ``targets`` data attribute).
+        task_labels: one task label for all, or one per example (``targets_task_labels``, appended to items).
+        record_ids: when given, the :data:`RECORD_IDS` data attribute (each example's source index).
+    """
+    tasks = [task_labels] * len(y) if isinstance(task_labels, int) else list(task_labels)
+    attributes = [DataAttribute(y.tolist(), "targets"), TaskLabels(tasks)]
+    if record_ids is not None:
+        # subsets and concatenations carry data attributes along, so every experience knows its source indices
+        attributes.append(DataAttribute(list(record_ids), RECORD_IDS))
+    return ClassificationDataset([_Tensors(x, y)], data_attributes=attributes)
+
+
+def _train_test(x: torch.Tensor, y: torch.Tensor, xt: torch.Tensor, yt: torch.Tensor) -> dict[str, Any]:
+    return {"train": tensor_dataset(x, y, record_ids=list(range(len(y)))), "test": tensor_dataset(xt, yt)}
+
+
+def _permute(images: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    return images.flatten(1)[:, perm].view_as(images)
 
 
 def _split(dataset: str, name: str, default_exps: int) -> Factory:
@@ -105,9 +147,10 @@ def _split(dataset: str, name: str, default_exps: int) -> Factory:
         if n < 1 or data.num_classes % n:
             raise ConfigError(f"{name}: {data.num_classes} classes cannot be split into {n} experiences of equal "
                               f"size; set n_experiences to a divisor of {data.num_classes}")
-        scenario = nc_benchmark(_tensor_dataset(data.train_images, data.train_labels, ids=True),
-                                _tensor_dataset(data.test_images, data.test_labels),
-                                n_experiences=n, task_labels=False, seed=seed)
+        # seed: the same class order nc_benchmark drew (torch.manual_seed(seed), then randperm)
+        scenario = with_task_labels(class_incremental_benchmark(
+            _train_test(data.train_images, data.train_labels, data.test_images, data.test_labels),
+            num_experiences=n, seed=seed))
         return Benchmark(scenario, data, name, data.num_classes)
 
     build.__doc__ = f"Class-incremental {dataset}: classes in a seeded random order, {default_exps} experiences."
@@ -124,11 +167,11 @@ def _permuted(dataset: str, name: str, default_exps: int) -> Factory:
             # the first experience sees the original images, as in Avalanche's PermutedMNIST
             perm = torch.arange(n_pix) if i == 0 else torch.randperm(n_pix, generator=gen)
             # every experience holds the same training records, permuted: their DP releases compose sequentially
-            for src, y, out, ids in ((data.train_images, data.train_labels, train, True),
-                                     (data.test_images, data.test_labels, test, False)):
-                out.append(_tensor_dataset(src.flatten(1)[:, perm].view_as(src), y, ids=ids))
-        scenario = nc_benchmark(train, test, n_experiences=len(train), task_labels=False, shuffle=False,
-                                one_dataset_per_exp=True, class_ids_from_zero_in_each_exp=True)
+            sets = _train_test(_permute(data.train_images, perm), data.train_labels,
+                               _permute(data.test_images, perm), data.test_labels)
+            train.append(sets["train"])
+            test.append(sets["test"])
+        scenario = with_classes_timeline(with_task_labels(benchmark_from_datasets(train=train, test=test)))
         return Benchmark(scenario, data, name, data.num_classes)
 
     build.__doc__ = f"Domain-incremental {dataset}: each experience a seeded pixel permutation of all classes."

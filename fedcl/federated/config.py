@@ -51,13 +51,24 @@ class ClientResources:
 
 @dataclass
 class FederatedData:
-    """Where the dataset is read.
+    """Where the dataset is read, and the label space and image size every node agrees on.
+
+    In a deployment a SuperNode started with ``--node-config "data-path=DIR"`` reads its own
+    data from ``DIR`` (never from ``root``, which is the server's test set).
 
     Attributes:
-        root: dataset folder ("": ``$FEDCL_DATA``, else ``./data``; ``digits`` is bundled).
+        root: dataset folder ("": ``$FEDCL_DATA``, else ``./data``; ``digits`` is bundled); in a deployment
+            the server's own (its test set).
+        image_size: resize every image (the server's and each node's) to ``image_size`` x ``image_size``
+            (0: keep the size; then every node's images must have the server's size).
+        classes: ``dataset=imagefolder``: the label space, class names in label order; a node's folder may
+            hold any of them and no other (empty: the server's folder's classes; nodes with a
+            ``data-path`` then need it set).
     """
 
     root: str = ""
+    image_size: int = 0
+    classes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -279,7 +290,7 @@ def from_run_config(run_config: Mapping[str, Any], *, check_data: bool = False) 
         node = nested
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        if parts == ["strategies"] and isinstance(value, str):
+        if parts in (["strategies"], ["data", "classes"]) and isinstance(value, str):
             value = [s.strip() for s in value.split(",") if s.strip()]
         elif parts == ["param_kwargs"] and isinstance(value, str):
             try:
@@ -360,6 +371,10 @@ def validate(cfg: FederatedConfig, *, check_data: bool = True, simulation: bool 
     for key in ("width", "max_summary_images", "dp_min_class_images", "seed"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"{key} must be >= 0, got {getattr(cfg, key)}")
+    if cfg.data.image_size < 0:
+        raise ConfigError(f"data.image_size must be >= 0 (0: keep the size), got {cfg.data.image_size}")
+    if len(set(cfg.data.classes)) != len(cfg.data.classes):
+        raise ConfigError(f"data.classes names a class twice: {cfg.data.classes}")
     for key in ("alpha", "lr", "lr_img", "dp_lr_img", "round_timeout"):
         if not (getattr(cfg, key) > 0 and math.isfinite(getattr(cfg, key))):
             raise ConfigError(f"{key} must be > 0 (and finite), got {getattr(cfg, key)}")
@@ -373,7 +388,11 @@ def validate(cfg: FederatedConfig, *, check_data: bool = True, simulation: bool 
         from fedcl.data import load_dataset
         from fedcl.distill.memory import create_memory
 
-        data = load_dataset(cfg.dataset, cfg.data.root or None)  # DataError now, not inside a client
+        data = load_dataset(cfg.dataset, cfg.data.root or None,  # DataError now, not inside a client
+                            image_size=cfg.data.image_size or None)
+        if cfg.data.classes and list(data.class_names) != list(cfg.data.classes):
+            raise ConfigError(f"data.classes={','.join(cfg.data.classes)} differs from the classes of the server's "
+                              f"data ({','.join(data.class_names)}): the run's label space is the server's test set's")
         # param_kwargs that do not fit the images (an idc factor, a haba budget) fail now, too
         create_memory(cfg.param, list(range(data.num_classes)), cfg.ipc, data.image_shape, **cfg.param_kwargs)
 

@@ -83,7 +83,7 @@ def run_strategy(grid: Grid, cfg: FederatedConfig, name: str) -> dict[str, Any]:
         client's ledger as its last reply stated it, by partition id: ``{epsilon, releases,
         budget, refused}``, the total epsilon of its releases at ``delta``, budget None for no cap).
     """
-    data = load_data(cfg.dataset, cfg.data.root)
+    data = load_data(cfg.dataset, cfg.data.root, cfg.data.image_size)
     max_images = cfg.max_summary_images or cfg.ipc * data.num_classes
     if cfg.param != "images" or cfg.soft_labels:  # summaries of memories: their stored tensors, soft labels
         max_bytes = memory_max_bytes(cfg.param, cfg.param_kwargs, cfg.soft_labels, max_images, data.num_classes,

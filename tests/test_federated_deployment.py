@@ -279,3 +279,7 @@ def test_a_bad_node_key_ends_the_supernode_with_one_line(tmp_path):
                           capture_output=True, text=True, timeout=60, env={**os.environ, "FLWR_HOME": str(tmp_path)})
     assert proc.returncode != 0
     assert "Unable to parse the private key file" in proc.stdout + proc.stderr
+    # the operator's side: registering a file that is no public key
+    proc = subprocess.run([str(BIN / "flwr"), "supernode", "register", str(bad), "test"], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "FLWR_HOME": str(tmp_path)})
+    assert proc.returncode != 0 and "public key" in (proc.stdout + proc.stderr).lower()

@@ -95,3 +95,19 @@ def test_the_server_checks_its_own_folder_against_the_label_space(tmp_path) -> N
         from_run_config({**RUN, "data.root": str(root), "data.classes": "circle,square"}, check_data=True)
     with pytest.raises(ConfigError, match="twice"):
         from_run_config({**RUN, "data.classes": "circle,circle"})
+
+
+def test_channels_and_a_server_without_data(tmp_path) -> None:
+    from fedcl.federated.task import server_data
+
+    folder = make_folder(tmp_path / "node", ["circle"], per_class=2)
+    assert load_node_data(_cfg(**{"data.channels": 3}), str(folder)).image_shape == (3, 8, 8)  # grey to RGB
+    cfg = _cfg(**{"data.server-test": "false", "data.image-size": 8, "data.channels": 1})
+    data = server_data(cfg)
+    assert data.image_shape == (1, 8, 8) and data.num_classes == 3 and len(data.test_labels) == 0
+    from_run_config({**RUN, "data.server-test": "false",
+                    "data.image-size": 8, "data.channels": 1}, check_data=True)  # no data.root needed
+    with pytest.raises(ConfigError, match="data.classes, data.image_size and data.channels"):
+        _cfg(**{"data.server-test": "false"})
+    with pytest.raises(ConfigError, match="data.channels must be"):
+        _cfg(**{"data.channels": 2})

@@ -64,11 +64,18 @@ class FederatedData:
         classes: ``dataset=imagefolder``: the label space, class names in label order; a node's folder may
             hold any of them and no other (empty: the server's folder's classes; nodes with a
             ``data-path`` then need it set).
+        channels: image channels of the run (0: the server's data's); a node's grey images are repeated to 3
+            channels when it is 3, colour images are refused when it is 1.
+        server_test: the server evaluates the global model on the test split of its ``data.root``; false: it
+            holds no data and reports no test accuracy (then ``classes``, ``image_size`` and ``channels``
+            give the label space and image shape).
     """
 
     root: str = ""
     image_size: int = 0
     classes: list[str] = field(default_factory=list)
+    channels: int = 0
+    server_test: bool = True
 
 
 @dataclass
@@ -375,6 +382,11 @@ def validate(cfg: FederatedConfig, *, check_data: bool = True, simulation: bool 
         raise ConfigError(f"data.image_size must be >= 0 (0: keep the size), got {cfg.data.image_size}")
     if len(set(cfg.data.classes)) != len(cfg.data.classes):
         raise ConfigError(f"data.classes names a class twice: {cfg.data.classes}")
+    if cfg.data.channels not in (0, 1, 3):
+        raise ConfigError(f"data.channels must be 1, 3 (or 0: the server's data's), got {cfg.data.channels}")
+    if not cfg.data.server_test and not (cfg.data.classes and cfg.data.image_size and cfg.data.channels):
+        raise ConfigError("data.server_test=false: the server holds no data, so the run config must give the label "
+                          "space and image shape: data.classes, data.image_size and data.channels")
     for key in ("alpha", "lr", "lr_img", "dp_lr_img", "round_timeout"):
         if not (getattr(cfg, key) > 0 and math.isfinite(getattr(cfg, key))):
             raise ConfigError(f"{key} must be > 0 (and finite), got {getattr(cfg, key)}")
@@ -383,16 +395,20 @@ def validate(cfg: FederatedConfig, *, check_data: bool = True, simulation: bool 
             raise ConfigError(f"{key} must be >= 0 (and finite), got {getattr(cfg, key)}")
     _validate_privacy(cfg)
     if simulation:
+        if not cfg.data.server_test:
+            raise ConfigError("data.server_test=false is for deployments (the server holds no data); a simulation "
+                              "partitions data.root and tests on it")
         _validate_resources(cfg)
     if check_data:
-        from fedcl.data import load_dataset
         from fedcl.distill.memory import create_memory
+        from fedcl.federated.task import server_data
 
-        data = load_dataset(cfg.dataset, cfg.data.root or None,  # DataError now, not inside a client
-                            image_size=cfg.data.image_size or None)
+        data = server_data(cfg)  # DataError now, not inside a client
         if cfg.data.classes and list(data.class_names) != list(cfg.data.classes):
             raise ConfigError(f"data.classes={','.join(cfg.data.classes)} differs from the classes of the server's "
                               f"data ({','.join(data.class_names)}): the run's label space is the server's test set's")
+        if cfg.data.channels and data.image_shape[0] != cfg.data.channels:
+            raise ConfigError(f"data.channels={cfg.data.channels} but the server's data has {data.image_shape[0]}")
         # param_kwargs that do not fit the images (an idc factor, a haba budget) fail now, too
         create_memory(cfg.param, list(range(data.num_classes)), cfg.ipc, data.image_shape, **cfg.param_kwargs)
 

@@ -240,8 +240,13 @@ def test_run_completes_when_a_supernode_dies(federation):
     assert r["final_accuracy"] > r["accuracy_per_round"][0], diag
 
 
-def test_supernodes_distil_their_own_image_folders(federation, tmp_path):
+@pytest.mark.parametrize("server_test", [True, False])
+def test_supernodes_distil_their_own_image_folders(federation, tmp_path, server_test):
     from node_images import CLASSES, make_folder
+
+    from fedcl.data.imagefolder import load_image_folder
+    from fedcl.models.saved import load_model
+    from fedcl.train import accuracy
 
     server = make_folder(tmp_path / "server", per_class=2, seed=100, test=10)  # the server's test set
     # each node holds two of the three classes, its own images; the run's label space is all three
@@ -249,15 +254,23 @@ def test_supernodes_distil_their_own_image_folders(federation, tmp_path):
              for i in range(3)]
     configs = [f'data-path="{p}"' for p in nodes] + [f'data-path="{tmp_path / "no-such-folder"}"']
     fed = federation(n=4, node_configs=configs)
-    payload = fed.run(f"strategies='oneshot' num-clients=4 ipc=3 dataset='imagefolder' data.root='{server}' "
-                      f"data.classes='{','.join(CLASSES)}' {TINY}")
+    data = (f"data.root='{server}'" if server_test  # else: the server holds no data, the run config says its shape
+            else "data.server-test=false data.image-size=8 data.channels=1")
+    payload = fed.run(f"strategies='oneshot' num-clients=4 ipc=3 dataset='imagefolder' {data} "
+                      f"data.classes='{','.join(CLASSES)}' model-dir='{tmp_path / 'model'}' {TINY}")
     r = payload["strategies"]["oneshot"]
     diag = (r["dropped"], r["bytes_per_client"], r["accuracy_per_round"])
     assert len(r["bytes_per_client"]["1"]) == 4, diag  # four nodes were asked
     assert r["dropped_summaries"] == 1 and "no-such-folder: no such folder" in r["dropped"][0]["reason"], diag
     assert r["summary_class_images"] == [6, 6, 6], diag  # the union: each class from the two nodes holding it
-    assert r["final_accuracy"] > max(0.6, r["accuracy_per_round"][0]), diag  # chance: 1/3
     assert "node0" not in json.dumps(payload["config"])  # the server never names a node's data
+    if server_test:
+        assert r["final_accuracy"] > max(0.6, r["accuracy_per_round"][0]), diag  # chance: 1/3
+    else:
+        assert r["final_accuracy"] is None and r["accuracy_per_round"] == [], diag
+    model, _ = load_model(tmp_path / "model" / "model.safetensors")  # the global model learned the union
+    test = load_image_folder(server)
+    assert accuracy(model, test.test_images, test.test_labels) > 0.6, diag
 
 
 def test_only_registered_supernodes_join(federation):

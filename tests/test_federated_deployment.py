@@ -280,8 +280,8 @@ def test_only_registered_supernodes_join(federation):
     assert len(r["bytes_per_client"]["1"]) == 3 and r["dropped_summaries"] == 0  # the three registered nodes
     assert r["final_accuracy"] > max(0.12, r["accuracy_per_round"][0])
     refused = (fed.tmp / "supernode3.log").read_text(errors="replace")
-    assert fed.nodes[3].wait(timeout=30) == 305, refused[-2000:]  # Flower's exit code: SuperNode not activated
-    assert "Failed to activate SuperNode" in refused
+    assert fed.nodes[3].wait(timeout=30) != 0, refused[-2000:]  # Flower logs its exit code 305: not activated
+    assert "Exit Code: 305" in refused and "Failed to activate SuperNode" in refused
 
 
 def test_a_bad_node_key_ends_the_supernode_with_one_line(tmp_path):

@@ -111,3 +111,14 @@ def test_channels_and_a_server_without_data(tmp_path) -> None:
         _cfg(**{"data.server-test": "false"})
     with pytest.raises(ConfigError, match="data.channels must be"):
         _cfg(**{"data.channels": 2})
+
+
+def test_colour_images_in_a_grey_run_are_refused(tmp_path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "node" / "train" / "circle"
+    folder.mkdir(parents=True)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8), "RGB").save(folder / "a.png")
+    with pytest.raises(DataError, match="3 channels, the run's data.channels is 1"):
+        load_node_data(_cfg(**{"data.channels": 1}), str(tmp_path / "node"))

@@ -66,10 +66,31 @@ def _make_certs(folder: Path) -> dict[str, Path]:
     return paths
 
 
-class Federation:
-    """One SuperLink and ``n`` SuperNodes, killed (whole process groups) on :meth:`close`."""
+def make_node_key(path: Path) -> tuple[Path, Path]:
+    """A SuperNode's ECDSA (P-384) key pair as Flower reads it: the private key in OpenSSH PEM
+    (``--auth-supernode-private-key``), the public key in OpenSSH format (``flwr supernode register``)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
 
-    def __init__(self, tmp: Path, n: int = 3, tls: bool = False) -> None:
+    key = ec.generate_private_key(ec.SECP384R1())
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                       serialization.NoEncryption()))
+    pub = path.with_suffix(".pub")
+    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH))
+    return path, pub
+
+
+class Federation:
+    """One SuperLink and ``n`` SuperNodes, killed (whole process groups) on :meth:`close`.
+
+    ``node_configs``: each SuperNode's ``--node-config`` (default: ``partition-id=i num-partitions=n``).
+    ``auth``: SuperNode authentication (needs ``tls``): the SuperLink runs with
+    ``--enable-supernode-auth``, every node with its own key; the keys of the nodes not in
+    ``unregistered`` are registered with ``flwr supernode register`` before the nodes start.
+    """
+
+    def __init__(self, tmp: Path, n: int = 3, tls: bool = False, node_configs: list[str] | None = None,
+                 auth: bool = False, unregistered: tuple[int, ...] = ()) -> None:
         self.tmp, self.procs = tmp, []
         self.env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
                     "FLWR_HOME": str(tmp / "flwr-home"), "FEDCL_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
@@ -89,10 +110,31 @@ class Federation:
                                           f'address = "127.0.0.1:{self.port}"\n{conn}\n')
         self.link = self._start("superlink", [str(BIN / "flower-superlink"), *sec, "--host", "127.0.0.1", "--port",
                                               str(self.port), "--database", ":flwr-in-memory:",
-                                              "--disable-runtime-dependency-installation"])
+                                              "--disable-runtime-dependency-installation",
+                                              *(["--enable-supernode-auth"] if auth else [])])
+        node_configs = node_configs or [f"partition-id={i} num-partitions={n}" for i in range(n)]
+        keys: list[list[str]] = [[] for _ in node_configs]
+        if auth:
+            for i in range(len(node_configs)):
+                private, public = make_node_key(tmp / f"node{i}.key")
+                keys[i] = ["--auth-supernode-private-key", str(private)]
+                if i not in unregistered:
+                    self.register(public)
         self.nodes = [self._start(f"supernode{i}", [
             str(BIN / "flower-supernode"), *node_sec, "--superlink", f"127.0.0.1:{self.port}", "--port",
-            str(_free_port()), "--node-config", f"partition-id={i} num-partitions={n}"]) for i in range(n)]
+            str(_free_port()), *keys[i], "--node-config", cfg]) for i, cfg in enumerate(node_configs)]
+
+    def register(self, public_key: Path, timeout: float = 30) -> None:
+        """``flwr supernode register KEY test``, retried while the SuperLink starts."""
+        deadline = time.monotonic() + timeout
+        while True:
+            proc = subprocess.run([str(BIN / "flwr"), "supernode", "register", str(public_key), "test"],
+                                  capture_output=True, text=True, env=self.env, cwd=self.tmp, timeout=60)
+            if proc.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                pytest.fail(f"flwr supernode register failed: {proc.stdout[-1500:]}{proc.stderr[-1500:]}")
+            time.sleep(1)
 
     def _start(self, name: str, cmd: list[str]) -> subprocess.Popen:
         log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
@@ -196,3 +238,61 @@ def test_run_completes_when_a_supernode_dies(federation):
     assert len(answered[1]) == 3, diag  # all three trained in round 1
     assert len(answered[3]) == 2 and answered[3] < answered[1], diag  # the two survivors carried on
     assert r["final_accuracy"] > r["accuracy_per_round"][0], diag
+
+
+@pytest.mark.parametrize("server_test", [True, False])
+def test_supernodes_distil_their_own_image_folders(federation, tmp_path, server_test):
+    from node_images import CLASSES, make_folder
+
+    from fedcl.data.imagefolder import load_image_folder
+    from fedcl.models.saved import load_model
+    from fedcl.train import accuracy
+
+    server = make_folder(tmp_path / "server", per_class=2, seed=100, test=10)  # the server's test set
+    # each node holds two of the three classes, its own images; the run's label space is all three
+    nodes = [make_folder(tmp_path / f"node{i}", [CLASSES[i], CLASSES[(i + 1) % 3]], per_class=12, seed=i)
+             for i in range(3)]
+    configs = [f'data-path="{p}"' for p in nodes] + [f'data-path="{tmp_path / "no-such-folder"}"']
+    fed = federation(n=4, node_configs=configs)
+    data = (f"data.root='{server}'" if server_test  # else: the server holds no data, the run config says its shape
+            else "data.server-test=false data.image-size=8 data.channels=1")
+    payload = fed.run(f"strategies='oneshot' num-clients=4 ipc=3 dataset='imagefolder' {data} "
+                      f"data.classes='{','.join(CLASSES)}' model-dir='{tmp_path / 'model'}' {TINY}")
+    r = payload["strategies"]["oneshot"]
+    diag = (r["dropped"], r["bytes_per_client"], r["accuracy_per_round"])
+    assert len(r["bytes_per_client"]["1"]) == 4, diag  # four nodes were asked
+    assert r["dropped_summaries"] == 1 and "no-such-folder: no such folder" in r["dropped"][0]["reason"], diag
+    assert r["summary_class_images"] == [6, 6, 6], diag  # the union: each class from the two nodes holding it
+    assert "node0" not in json.dumps(payload["config"])  # the server never names a node's data
+    if server_test:
+        assert r["final_accuracy"] > max(0.6, r["accuracy_per_round"][0]), diag  # chance: 1/3
+    else:
+        assert r["final_accuracy"] is None and r["accuracy_per_round"] == [], diag
+    model, _ = load_model(tmp_path / "model" / "model.safetensors")  # the global model learned the union
+    test = load_image_folder(server)
+    assert accuracy(model, test.test_images, test.test_labels) > 0.6, diag
+
+
+def test_only_registered_supernodes_join(federation):
+    fed = federation(n=4, tls=True, auth=True, unregistered=(3,),
+                     node_configs=[f"partition-id={i} num-partitions=4" for i in range(4)])
+    r = fed.run(f"strategies='oneshot' num-clients=3 ipc=2 {TINY}")["strategies"]["oneshot"]
+    assert len(r["bytes_per_client"]["1"]) == 3 and r["dropped_summaries"] == 0  # the three registered nodes
+    assert r["final_accuracy"] > max(0.12, r["accuracy_per_round"][0])
+    refused = (fed.tmp / "supernode3.log").read_text(errors="replace")
+    assert fed.nodes[3].wait(timeout=30) != 0, refused[-2000:]  # Flower logs its exit code 305: not activated
+    assert "Exit Code: 305" in refused and "Failed to activate SuperNode" in refused
+
+
+def test_a_bad_node_key_ends_the_supernode_with_one_line(tmp_path):
+    bad = tmp_path / "node.key"
+    bad.write_text("not a key\n")
+    proc = subprocess.run([str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{_free_port()}",
+                           "--auth-supernode-private-key", str(bad), "--node-config", 'data-path="/nowhere"'],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "FLWR_HOME": str(tmp_path)})
+    assert proc.returncode != 0
+    assert "Unable to parse the private key file" in proc.stdout + proc.stderr
+    # the operator's side: registering a file that is no public key
+    proc = subprocess.run([str(BIN / "flwr"), "supernode", "register", str(bad), "test"], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "FLWR_HOME": str(tmp_path)})
+    assert proc.returncode != 0 and "public key" in (proc.stdout + proc.stderr).lower()

@@ -37,13 +37,20 @@ def _visible(path: Path) -> list[os.DirEntry[str]]:
         return sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
 
 
-def scan(root: Path) -> tuple[list[str], dict[str, list[tuple[Path, int]]]]:
-    """The sorted classes and, per split, ``(file, label)`` in a fixed order; DataError on a bad layout."""
+def scan(root: Path, *, require_test: bool = True) -> tuple[list[str], dict[str, list[tuple[Path, int]]]]:
+    """The sorted classes and, per split, ``(file, label)`` in a fixed order; DataError on a bad layout.
+
+    With ``require_test=False`` a missing ``test/`` is an empty test split (a federated node's own
+    folder: only its training images are distilled).
+    """
     if not root.is_dir():
         raise DataError(f"image folder {root} not found: expected {_LAYOUT}; set data.root=DIR")
     per_split: dict[str, dict[str, list[Path]]] = {}
     for split in _SPLITS:
         top = root / split
+        if split == "test" and not require_test and not top.exists():
+            per_split[split] = dict.fromkeys(per_split["train"], [])
+            continue
         if not top.is_dir():
             raise DataError(f"image folder {root} has no {split}/ folder: expected {_LAYOUT}; set data.root=DIR")
         entries = _visible(top)
@@ -122,6 +129,11 @@ def _decode_all(files: dict[str, list[tuple[Path, int]]], image_size: int | None
     channels = 3 if any(a.ndim == 3 for s in _SPLITS for a in arrays[s]) else 1
     out: dict[str, torch.Tensor] = {}
     for split in _SPLITS:
+        if not arrays[split]:  # an optional test/ that is absent
+            h, w = first[1] if first is not None else (0, 0)
+            out[f"{split}_images"] = torch.zeros(0, channels, h, w, dtype=torch.uint8)
+            out[f"{split}_labels"] = torch.zeros(0, dtype=torch.int64)
+            continue
         stack = np.stack([a if a.ndim == 3 else np.repeat(a[..., None], channels, axis=2) for a in arrays[split]])
         out[f"{split}_images"] = torch.from_numpy(stack).permute(0, 3, 1, 2).contiguous()  # uint8 NCHW
         out[f"{split}_labels"] = torch.tensor([y for _, y in files[split]], dtype=torch.int64)
@@ -149,14 +161,17 @@ def _valid(tensors: dict[str, torch.Tensor], meta: dict, n_classes: int, counts:
             x, y = tensors[f"{s}_images"], tensors[f"{s}_labels"]
             if x.dtype != torch.uint8 or x.ndim != 4 or y.dtype != torch.int64:
                 return False
-            if len(x) != counts[s] or len(y) != counts[s] or int(y.min()) < 0 or int(y.max()) >= n_classes:
+            if len(x) != counts[s] or len(y) != counts[s]:
+                return False
+            if counts[s] and (int(y.min()) < 0 or int(y.max()) >= n_classes):
                 return False
         return len(meta["mean"]) == len(meta["std"]) == tensors["train_images"].shape[1]
     except (KeyError, TypeError, RuntimeError):
         return False
 
 
-def load_image_folder(root: str | Path, image_size: int | None = None, *, name: str = "imagefolder") -> ImageData:
+def load_image_folder(root: str | Path, image_size: int | None = None, *, name: str = "imagefolder",
+                      require_test: bool = True) -> ImageData:
     """Load ``root/train/<class>/*`` and ``root/test/<class>/*`` as a normalised :class:`ImageData`.
 
     Args:
@@ -164,6 +179,7 @@ def load_image_folder(root: str | Path, image_size: int | None = None, *, name: 
         image_size: resize every image to ``image_size`` x ``image_size``; None keeps the size
             (then every image must have the same size).
         name: the dataset name recorded in the result (DSA's strategy and synthetic sets' metadata).
+        require_test: False: ``test/`` may be absent (an empty test split).
 
     Returns:
         The dataset (classes are the sorted folder names); the first call decodes and caches it.
@@ -173,7 +189,7 @@ def load_image_folder(root: str | Path, image_size: int | None = None, *, name: 
             an empty class, a file that is not a PNG or JPEG or cannot be decoded, sizes that differ.
     """
     root = Path(root).expanduser()
-    classes, files = scan(root)
+    classes, files = scan(root, require_test=require_test)
     key = cache_key(root, files, image_size)
     counts = {s: len(files[s]) for s in _SPLITS}
     hit = load_entry(root, key)

@@ -12,7 +12,11 @@ One ``train`` handler serves every strategy; the ``task`` key of the message's
   and the same ``MetricRecord`` without a summary: a normal answer, not an error;
 - ``fedavg``: load ``arrays``, train locally, reply with the new ``arrays``.
 
-The partition comes from ``context.node_config`` (``partition-id``, ``num-partitions``);
+The data comes from ``context.node_config``: in a deployment ``data-path`` (the node's own
+image folder, or torchvision root of ``dataset``; :func:`~fedcl.federated.task.load_node_data`),
+which never leaves the node; in a simulation the partition ``partition-id`` of
+``num-partitions``. A bad data path is a DataError: the reply is an error, which the server
+drops with its reason, and the run goes on with the other nodes;
 the settings from ``context.run_config``, read and validated by
 :func:`fedcl.federated.config.from_run_config` as the ServerApp and ``fedcl federated`` read
 them (a bad value is a ConfigError: the reply is an error, the server drops it with its
@@ -30,7 +34,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedcl.errors import PrivacyError
+from fedcl.errors import ConfigError, PrivacyError
 from fedcl.federated.codec import encode_memory_summary, encode_summary
 from fedcl.federated.config import FederatedConfig, from_run_config
 from fedcl.federated.task import (
@@ -38,6 +42,7 @@ from fedcl.federated.task import (
     client_seed,
     distill_partition,
     load_data,
+    load_node_data,
     load_partition,
     make_model,
     perturbed_network_fn,
@@ -50,20 +55,37 @@ __all__ = ["app", "train"]
 app = ClientApp()
 
 
-def _settings(msg: Message, context: Context) -> tuple[FederatedConfig, dict, int, int]:
+def _settings(msg: Message, context: Context) -> tuple[FederatedConfig, dict]:
     s = from_run_config(context.run_config)
     torch.set_num_threads(s.threads)
     config = dict(msg.content["config"]) if "config" in msg.content.config_records else {}
-    return s, config, int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
+    return s, config
+
+
+def _node_data(s: FederatedConfig, context: Context) -> tuple[Any, torch.Tensor, torch.Tensor, int]:
+    """The dataset, this node's training images and labels, and its id in seeds and metrics: its own
+    ``data-path`` (a deployment) or the partition ``partition-id`` of ``num-partitions`` (a simulation)."""
+    node = context.node_config
+    if "data-path" in node:
+        data = load_node_data(s, str(node["data-path"]))
+        # no partition: seeds and the privacy table key on the node (its partition-id when it sets one)
+        pid = int(node["partition-id"]) if "partition-id" in node else int(context.node_id % 1_000_003)
+        return data, data.train_images, data.train_labels, pid
+    if "partition-id" not in node or "num-partitions" not in node:
+        raise ConfigError("this SuperNode has no data: start it with --node-config \"data-path=DIR\" "
+                          "(its own images) or, in a simulation, partition-id and num-partitions")
+    pid = int(node["partition-id"])
+    data = load_data(s.dataset, s.data.root, s.data.image_size)
+    images, labels = load_partition(s, pid, int(node["num-partitions"]))
+    return data, images, labels, pid
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Handle one training message (``task`` = ``summary`` or ``fedavg``)."""
-    s, config, pid, num_parts = _settings(msg, context)
+    s, config = _settings(msg, context)
     t0 = time.perf_counter()
-    data = load_data(s.dataset, s.data.root)
-    images, labels = load_partition(s, pid, num_parts)
+    data, images, labels, pid = _node_data(s, context)
     server_round = int(config.get("server-round", 1))
     seed = client_seed(s, pid, server_round)
     if config.get("task", "summary") == "fedavg":

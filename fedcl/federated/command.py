@@ -31,7 +31,7 @@ def centralised(cfg: FederatedConfig) -> dict[str, Any]:
     from fedcl.federated.task import load_data, make_model, train_global
 
     s = replace(cfg, server_noise=0.0, server_standardize=False)
-    data = load_data(s.dataset, s.data.root)
+    data = load_data(s.dataset, s.data.root, s.data.image_size)
     t0 = time.perf_counter()
     model = make_model(s, data, seed=cfg.seed)
     acc = train_global(s, model, data.train_images, data.train_labels, data, epochs=cfg.central_epochs, seed=cfg.seed,

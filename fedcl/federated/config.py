@@ -51,13 +51,31 @@ class ClientResources:
 
 @dataclass
 class FederatedData:
-    """Where the dataset is read.
+    """Where the dataset is read, and the label space and image size every node agrees on.
+
+    In a deployment a SuperNode started with ``--node-config "data-path=DIR"`` reads its own
+    data from ``DIR`` (never from ``root``, which is the server's test set).
 
     Attributes:
-        root: dataset folder ("": ``$FEDCL_DATA``, else ``./data``; ``digits`` is bundled).
+        root: dataset folder ("": ``$FEDCL_DATA``, else ``./data``; ``digits`` is bundled); in a deployment
+            the server's own (its test set).
+        image_size: resize every image (the server's and each node's) to ``image_size`` x ``image_size``
+            (0: keep the size; then every node's images must have the server's size).
+        classes: ``dataset=imagefolder``: the label space, class names in label order; a node's folder may
+            hold any of them and no other (empty: the server's folder's classes; nodes with a
+            ``data-path`` then need it set).
+        channels: image channels of the run (0: the server's data's); a node's grey images are repeated to 3
+            channels when it is 3, colour images are refused when it is 1.
+        server_test: the server evaluates the global model on the test split of its ``data.root``; false: it
+            holds no data and reports no test accuracy (then ``classes``, ``image_size`` and ``channels``
+            give the label space and image shape).
     """
 
     root: str = ""
+    image_size: int = 0
+    classes: list[str] = field(default_factory=list)
+    channels: int = 0
+    server_test: bool = True
 
 
 @dataclass
@@ -279,7 +297,7 @@ def from_run_config(run_config: Mapping[str, Any], *, check_data: bool = False) 
         node = nested
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        if parts == ["strategies"] and isinstance(value, str):
+        if parts in (["strategies"], ["data", "classes"]) and isinstance(value, str):
             value = [s.strip() for s in value.split(",") if s.strip()]
         elif parts == ["param_kwargs"] and isinstance(value, str):
             try:
@@ -360,6 +378,15 @@ def validate(cfg: FederatedConfig, *, check_data: bool = True, simulation: bool 
     for key in ("width", "max_summary_images", "dp_min_class_images", "seed"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"{key} must be >= 0, got {getattr(cfg, key)}")
+    if cfg.data.image_size < 0:
+        raise ConfigError(f"data.image_size must be >= 0 (0: keep the size), got {cfg.data.image_size}")
+    if len(set(cfg.data.classes)) != len(cfg.data.classes):
+        raise ConfigError(f"data.classes names a class twice: {cfg.data.classes}")
+    if cfg.data.channels not in (0, 1, 3):
+        raise ConfigError(f"data.channels must be 1, 3 (or 0: the server's data's), got {cfg.data.channels}")
+    if not cfg.data.server_test and not (cfg.data.classes and cfg.data.image_size and cfg.data.channels):
+        raise ConfigError("data.server_test=false: the server holds no data, so the run config must give the label "
+                          "space and image shape: data.classes, data.image_size and data.channels")
     for key in ("alpha", "lr", "lr_img", "dp_lr_img", "round_timeout"):
         if not (getattr(cfg, key) > 0 and math.isfinite(getattr(cfg, key))):
             raise ConfigError(f"{key} must be > 0 (and finite), got {getattr(cfg, key)}")
@@ -368,12 +395,20 @@ def validate(cfg: FederatedConfig, *, check_data: bool = True, simulation: bool 
             raise ConfigError(f"{key} must be >= 0 (and finite), got {getattr(cfg, key)}")
     _validate_privacy(cfg)
     if simulation:
+        if not cfg.data.server_test:
+            raise ConfigError("data.server_test=false is for deployments (the server holds no data); a simulation "
+                              "partitions data.root and tests on it")
         _validate_resources(cfg)
     if check_data:
-        from fedcl.data import load_dataset
         from fedcl.distill.memory import create_memory
+        from fedcl.federated.task import server_data
 
-        data = load_dataset(cfg.dataset, cfg.data.root or None)  # DataError now, not inside a client
+        data = server_data(cfg)  # DataError now, not inside a client
+        if cfg.data.classes and list(data.class_names) != list(cfg.data.classes):
+            raise ConfigError(f"data.classes={','.join(cfg.data.classes)} differs from the classes of the server's "
+                              f"data ({','.join(data.class_names)}): the run's label space is the server's test set's")
+        if cfg.data.channels and data.image_shape[0] != cfg.data.channels:
+            raise ConfigError(f"data.channels={cfg.data.channels} but the server's data has {data.image_shape[0]}")
         # param_kwargs that do not fit the images (an idc factor, a haba budget) fail now, too
         create_memory(cfg.param, list(range(data.num_classes)), cfg.ipc, data.image_shape, **cfg.param_kwargs)
 

@@ -27,7 +27,7 @@ from flwr.supercore import log
 from fedcl.errors import FedclError
 from fedcl.federated.accounting import CountingGrid
 from fedcl.federated.config import FederatedConfig, from_run_config, to_run_config
-from fedcl.federated.task import load_data, make_model, train_global
+from fedcl.federated.task import make_model, server_data, train_global
 from fedcl.federated.validate import SummarySpec, default_max_bytes, memory_max_bytes
 from fedcl.registry import Registry
 from strategies.summaries import FedDMSummaries, OneShotSummaries
@@ -83,7 +83,7 @@ def run_strategy(grid: Grid, cfg: FederatedConfig, name: str) -> dict[str, Any]:
         client's ledger as its last reply stated it, by partition id: ``{epsilon, releases,
         budget, refused}``, the total epsilon of its releases at ``delta``, budget None for no cap).
     """
-    data = load_data(cfg.dataset, cfg.data.root)
+    data = server_data(cfg)
     max_images = cfg.max_summary_images or cfg.ipc * data.num_classes
     if cfg.param != "images" or cfg.soft_labels:  # summaries of memories: their stored tensors, soft labels
         max_bytes = memory_max_bytes(cfg.param, cfg.param_kwargs, cfg.soft_labels, max_images, data.num_classes,
@@ -115,7 +115,7 @@ def run_strategy(grid: Grid, cfg: FederatedConfig, name: str) -> dict[str, Any]:
     # clients read the settings from their own run config; the message says only what to do
     result = strategy.start(grid=counting, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=rounds,
                             timeout=cfg.round_timeout, train_config=ConfigRecord({"task": task, "strategy": name}),
-                            evaluate_fn=evaluate_fn)
+                            evaluate_fn=evaluate_fn if cfg.data.server_test else None)
     evals = [result.evaluate_metrics_serverapp[r] for r in sorted(result.evaluate_metrics_serverapp)]
     acc = [float(m["accuracy"]) for m in evals]
     if cfg.model_dir:
@@ -124,7 +124,9 @@ def run_strategy(grid: Grid, cfg: FederatedConfig, name: str) -> dict[str, Any]:
     dropped = list(getattr(strategy, "dropped", []))
     refused = list(getattr(strategy, "refused", []))
     client_metrics = getattr(strategy, "client_metrics", {})
-    return {"strategy": name, "final_accuracy": acc[-1] if acc else math.nan, "accuracy_per_round": acc,
+    # no test set (data.server_test=false): no accuracy, None in the JSON
+    final = (acc[-1] if acc else math.nan) if cfg.data.server_test else None
+    return {"strategy": name, "final_accuracy": final, "accuracy_per_round": acc,
             "class_accuracy": [float(a) for a in evals[-1]["class-accuracy"]] if evals else [],
             "summary_class_images": union,
             "rounds": rounds, **counting.totals(), "dropped_summaries": len(dropped), "dropped": dropped,

@@ -12,6 +12,7 @@ import functools
 import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -21,12 +22,13 @@ from fedcl.data import ImageData, load_dataset
 from fedcl.data.partition import partition_indices
 from fedcl.distill import create_distiller
 from fedcl.distill.augment import DSA, default_strategy
+from fedcl.errors import ConfigError, DataError
 from fedcl.federated.config import FederatedConfig
 from fedcl.models import create_model
 from fedcl.train import accuracy, lr_decay_epoch, train_model
 
 __all__ = ["SERVER_BATCH", "SERVER_LR", "check_budget", "client_seed", "distill_partition", "load_data",
-           "load_partition", "make_model", "perturbed_network_fn", "plan_summary", "standardize_images", "train_global",
+           "load_node_data", "load_partition", "make_model", "server_data", "perturbed_network_fn", "plan_summary", "standardize_images", "train_global",
            "train_local"]
 
 SERVER_BATCH = 256  # minibatch of the server's training on summaries (and of centralised training)
@@ -35,9 +37,76 @@ SERVER_LR = 0.01  # the server's SGD learning rate on summaries: the DC/DM evalu
 
 
 @functools.lru_cache(maxsize=4)
-def load_data(dataset: str, root: str = "") -> ImageData:
-    """The dataset (cached per process: simulation actors serve many clients)."""
-    return load_dataset(dataset, root or None)
+def load_data(dataset: str, root: str = "", image_size: int = 0) -> ImageData:
+    """The dataset (cached per process: simulation actors serve many clients); ``image_size`` 0 keeps the size."""
+    return load_dataset(dataset, root or None, image_size=image_size or None)
+
+
+def server_data(s: FederatedConfig) -> ImageData:
+    """The server's dataset: its ``data.root`` (test set and label space), or with
+    ``data.server_test=false`` an empty stand-in of ``data.classes`` and ``channels x image_size x image_size``."""
+    if s.data.server_test:
+        return load_data(s.dataset, s.data.root, s.data.image_size)
+    c, n = s.data.channels, s.data.image_size
+    return ImageData(name=s.dataset, train_images=torch.zeros(0, c, n, n), train_labels=torch.zeros(0, dtype=torch.long),
+                     test_images=torch.zeros(0, c, n, n), test_labels=torch.zeros(0, dtype=torch.long),
+                     num_classes=len(s.data.classes), mean=(0.0,) * c, std=(1.0,) * c, class_names=list(s.data.classes))
+
+
+def _channels(data: ImageData, channels: int, path: str) -> ImageData:
+    """``data`` with ``channels`` channels (0: as it is): grey repeated to RGB; colour into grey refused."""
+    have = data.image_shape[0]
+    if not channels or have == channels:
+        return data
+    if have == 1 and channels == 3:
+        return replace(data, train_images=data.train_images.repeat(1, 3, 1, 1),
+                       test_images=data.test_images.repeat(1, 3, 1, 1), mean=data.mean * 3, std=data.std * 3)
+    raise DataError(f"node config data-path={path}: images have {have} channels, the run's data.channels is {channels}")
+
+
+@functools.lru_cache(maxsize=2)
+def _node_data(dataset: str, path: str, image_size: int, classes: tuple[str, ...], channels: int = 0) -> ImageData:
+    return _channels(_read_node_data(dataset, path, image_size, classes), channels, path)
+
+
+def _read_node_data(dataset: str, path: str, image_size: int, classes: tuple[str, ...]) -> ImageData:
+    from pathlib import Path
+
+    from fedcl.data.imagefolder import load_image_folder
+
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"node config data-path={path}: no such folder on this node")
+    if dataset != "imagefolder":  # a torchvision root: the whole training split is this node's
+        data = load_dataset(dataset, folder, image_size=image_size or None)
+        return replace(data, test_images=data.test_images[:0], test_labels=data.test_labels[:0])
+    if not classes:
+        raise ConfigError("the run config names no data.classes: nodes reading their own image folders "
+                          "(node config data-path) need the run's label space, e.g. data.classes='cat,dog'")
+    data = load_image_folder(folder, image_size or None, require_test=False)
+    unknown = sorted(set(data.class_names) - set(classes))
+    if unknown:
+        raise DataError(f"node config data-path={path}: class folders {', '.join(unknown)} are not in the run's "
+                        f"label space data.classes={','.join(classes)}")
+    to_run = torch.tensor([classes.index(c) for c in data.class_names], dtype=torch.int64)
+    return replace(data, train_labels=to_run[data.train_labels], test_images=data.train_images[:0],
+                   test_labels=data.train_labels[:0], num_classes=len(classes), class_names=list(classes))
+
+
+def load_node_data(s: FederatedConfig, path: str) -> ImageData:
+    """A SuperNode's own training data, from its node config ``data-path`` (never from the run config).
+
+    ``dataset=imagefolder``: ``path/train/<class>/*`` (``path/test/`` is optional and unused), classes
+    any of ``data.classes``, labels in their order; another dataset: a torchvision root holding it,
+    all of its training split. Images are resized to ``data.image_size`` when set, given
+    ``data.channels`` when set (grey to RGB; colour into grey is refused); the server checks
+    the shape of every summary against its own data.
+
+    Raises:
+        DataError: no such folder, a bad layout, a class outside ``data.classes``.
+        ConfigError: ``dataset=imagefolder`` without ``data.classes``.
+    """
+    return _node_data(s.dataset, path, s.data.image_size, tuple(s.data.classes), s.data.channels)
 
 
 @functools.lru_cache(maxsize=8)
@@ -58,7 +127,7 @@ def client_seed(s: FederatedConfig, partition_id: int, server_round: int = 1) ->
 
 def load_partition(s: FederatedConfig, partition_id: int, num_partitions: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Training images and labels of one client."""
-    data = load_data(s.dataset, s.data.root)
+    data = load_data(s.dataset, s.data.root, s.data.image_size)
     idx = _parts(s.dataset, s.data.root, s.partition, num_partitions, s.seed, s.alpha, s.classes_per_client)[partition_id]
     return data.train_images[idx], data.train_labels[idx]
 

@@ -66,14 +66,16 @@ def write_table(args: argparse.Namespace, seeds: list[int], lines: list[dict], t
     import fedcl
 
     minutes = (time.time() - t0) / 60
+    when = f"{minutes:.0f} min" if not args.from_lines else "rendered from the lines of the runs named in privacy.md"
     name = {"mnist": "MNIST-6k", "fashion_mnist": "Fashion-MNIST", "digits": "digits"}[args.dataset]
     status = "" if done else " (partial: the study was still running when this was written)"
     md = [f"## {name}: DP utility at ε = 1 and 10 (δ = 1e-5), ipc 10, ConvNet width 32",
           "",
           f"Command: `python experiments/dp_utility.py --dataset {args.dataset} --root {args.root}"
           f"{' --quick' if args.quick else ''} --seeds {args.seeds} --methods {args.methods}"
-          f"{''.join(f' --values {v}' for v in args.values)} --select-models {args.select_models}` "
-          f"({minutes:.0f} min{status}). Device: CPU ({platform.processor() or platform.machine()}, 2 cores, one thread per "
+          f"{''.join(f' --values {v}' for v in args.values)} --select-models {args.select_models}"
+          f"{' --from-lines ' + ' '.join(args.from_lines) if args.from_lines else ''}` "
+          f"({when}{status}). Device: CPU ({platform.processor() or platform.machine()}, 2 cores, one thread per "
           f"run). Versions: fedcl {fedcl.__version__}, torch {torch.__version__}, python {platform.python_version()}.",
           "",
           "Each method's knob was chosen on a validation split (10% of the training data, stratified, seed 0) "
@@ -113,9 +115,15 @@ def main() -> None:
                         help="the candidates of a method's knob (default: TUNE's), e.g. dm=100,300")
     parser.add_argument("--select-models", type=int, default=5, help="evaluation models per candidate")
     parser.add_argument("--quick", action="store_true", help="one candidate per knob, one seed, 1 eval model")
+    parser.add_argument("--from-lines", nargs="+", default=None, metavar="LINES.jsonl",
+                        help="run nothing: write the table from the lines.jsonl of earlier runs (e.g. one per method)")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = args.methods.split(",")
+    if args.from_lines:
+        lines = [json.loads(row) for f in args.from_lines for row in Path(f).read_text().splitlines() if row.strip()]
+        print(f"wrote {write_table(args, seeds, lines, time.time(), done=True)}")
+        return
     for item in args.values:
         method, _, values = item.partition("=")
         TUNE[method] = (TUNE[method][0], [float(v) for v in values.split(",")])

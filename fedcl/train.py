@@ -24,8 +24,7 @@ def lr_decay_epoch(epochs: int) -> int | None:
 def train_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float = 0.01,
                 momentum: float = 0.9, weight_decay: float = 5e-4, batch_size: int = 256,
                 augment: Augment | None = None, lr_decay: bool = True, generator: torch.Generator | None = None,
-                device: torch.device | str | None = None, class_weight: torch.Tensor | None = None,
-                teacher: Callable[[torch.Tensor], torch.Tensor] | None = None) -> nn.Module:
+                device: torch.device | str | None = None) -> nn.Module:
     """Train ``model`` in place with SGD on in-memory tensors.
 
     Follows the DC/DSA/DM evaluation protocol by default: SGD with momentum 0.9 and
@@ -40,10 +39,6 @@ def train_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
         lr_decay: divide the learning rate by 10 at half the epochs.
         generator: drives the shuffling.
         device: where to train; defaults to the model's device.
-        class_weight: a weight per class for the cross-entropy (``F.cross_entropy``'s ``weight``), or None.
-        teacher: knowledge distillation: a function from each (augmented) minibatch to class
-            probabilities ``(B, num_classes)`` that replace ``labels`` as the cross-entropy's
-            target (called without gradients), or None.
 
     Returns:
         The trained model (the same object).
@@ -51,7 +46,6 @@ def train_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
     device = resolve_device(device) if device is not None else next(model.parameters()).device
     model.to(device).train()
     x, y = images.to(device), labels.to(device)
-    weight = class_weight.to(device=device, dtype=torch.float32) if class_weight is not None else None
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     n = x.shape[0]
     decay_at = lr_decay_epoch(epochs) if lr_decay else None
@@ -65,12 +59,7 @@ def train_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
             xb = x[idx]
             if augment is not None:
                 xb = augment(xb)
-            if teacher is not None:
-                with torch.no_grad():
-                    target = teacher(xb)
-            else:
-                target = y[idx]
-            loss = F.cross_entropy(model(xb), target, weight=weight)
+            loss = F.cross_entropy(model(xb), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -97,25 +97,3 @@ def test_predict_and_train_take_auto_and_move_the_model() -> None:
         net.cpu()
         assert predict(net, x, device="cuda").device.type == "cpu"  # predictions come back to the CPU
         assert next(net.parameters()).device.type == "cuda"
-
-
-def test_train_model_learns_a_teachers_probabilities_instead_of_the_labels() -> None:
-    """Knowledge distillation: with ``teacher`` the targets are its probabilities on each augmented batch."""
-    from fedcl.train import predict, train_model
-
-    x = torch.randn(64, 1, 2, 2, generator=torch.Generator().manual_seed(0))
-    y = torch.randint(0, 3, (64,), generator=torch.Generator().manual_seed(1))
-    seen: list[torch.Tensor] = []
-
-    def teacher(xb: torch.Tensor) -> torch.Tensor:  # class 2 for every image, whatever its label
-        seen.append(xb)
-        return torch.nn.functional.one_hot(torch.full((len(xb),), 2), 3).float()
-
-    def augment(xb: torch.Tensor) -> torch.Tensor:
-        return xb + 10.0
-
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
-    train_model(net, x, y, epochs=30, lr=0.1, batch_size=16, augment=augment, teacher=teacher)
-    assert (predict(net, x + 10.0) == 2).all()  # the labels say otherwise for about 2/3 of them
-    assert len(seen) == 30 * 4 and all(float(b.min()) > 5.0 for b in seen)  # the teacher sees the augmented batch

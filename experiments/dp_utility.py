@@ -37,7 +37,6 @@ TUNE: dict[str, tuple[str, list[float]]] = {
     "dsa": ("gm_outer_loop", [2, 5]),
     "dpsgd": ("dpsgd_lr", [0.1, 0.3, 1.0]),
 }
-EPSILONS = [1.0, 10.0]
 
 # settings every row shares (a 2-core CPU budget; width 32 as the MNIST-6k study of privacy.md)
 BASE = ["ipc=10", "width=32", "iterations=100", "batch_real=64", "gm_iterations=10", "gm_inner_loop=10",
@@ -73,7 +72,8 @@ def write_table(args: argparse.Namespace, seeds: list[int], lines: list[dict], t
           "",
           f"Command: `python experiments/dp_utility.py --dataset {args.dataset} --root {args.root}"
           f"{' --quick' if args.quick else ''} --seeds {args.seeds} --methods {args.methods}"
-          f"{''.join(f' --values {v}' for v in args.values)} --select-models {args.select_models}"
+          f"{''.join(f' --values {v}' for v in args.values)}"
+          f"{'' if args.epsilons == '1,10' else ' --epsilons ' + args.epsilons} --select-models {args.select_models}"
           f"{' --from-lines ' + ' '.join(args.from_lines) if args.from_lines else ''}` "
           f"({when}{status}). Device: CPU ({platform.processor() or platform.machine()}, 2 cores, one thread per "
           f"run). Versions: fedcl {fedcl.__version__}, torch {torch.__version__}, python {platform.python_version()}.",
@@ -113,6 +113,7 @@ def main() -> None:
     parser.add_argument("--methods", default="dm,dsa,dpsgd")
     parser.add_argument("--values", action="append", default=[], metavar="METHOD=V1,V2",
                         help="the candidates of a method's knob (default: TUNE's), e.g. dm=100,300")
+    parser.add_argument("--epsilons", default="1,10", help="the target epsilons (default 1,10)")
     parser.add_argument("--select-models", type=int, default=5, help="evaluation models per candidate")
     parser.add_argument("--quick", action="store_true", help="one candidate per knob, one seed, 1 eval model")
     parser.add_argument("--from-lines", nargs="+", default=None, metavar="LINES.jsonl",
@@ -120,6 +121,7 @@ def main() -> None:
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = args.methods.split(",")
+    epsilons = [float(e) for e in args.epsilons.split(",")]
     if args.from_lines:
         lines = [json.loads(row) for f in args.from_lines for row in Path(f).read_text().splitlines() if row.strip()]
         print(f"wrote {write_table(args, seeds, lines, time.time(), done=True)}")
@@ -138,7 +140,7 @@ def main() -> None:
     for method in methods:
         knob, values = TUNE[method]
         values = values[:1] if args.quick else values
-        for eps in EPSILONS:
+        for eps in epsilons:
             scores = []
             for v in values:
                 print(f"select {method} eps={eps} {knob}={v}", flush=True)

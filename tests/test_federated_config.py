@@ -81,6 +81,9 @@ def test_numbers_are_converted_only_where_nothing_is_lost() -> None:
     ({"param-kwargs": "[2]"}, "'param-kwargs': a JSON object"),
     ({"method": "herding", "param": "idc"}, "selects real images"),
     ({"soft-labels": "true", "privacy.epsilon": 1.0, "strategies": "oneshot"}, "soft_labels under DP"),
+    ({"data.eval-split": "val"}, "eval.split=val needs a validation split"),
+    ({"data.eval-split": "train"}, "eval.split"),
+    ({"data.val-fraction": 1.0}, r"data.val_fraction must be in \[0, 1\)"),
 ])
 def test_bad_run_config_values_are_refused_in_one_line(run_config, message) -> None:
     with pytest.raises(ConfigError, match=message) as info:
@@ -163,3 +166,30 @@ def test_the_command_line_refuses_the_same_values_with_exit_2(args, message, tmp
     assert err.startswith("fedcl: error:") and message in err and len(err.splitlines()) == 1
     assert not out.exists()
 
+
+
+def test_a_validation_split_is_held_out_of_every_partition_and_the_server_evaluates_on_it() -> None:
+    """``data.val_fraction`` carves the split before partitioning (no client holds it); the server's
+    evaluation set is the test set, or with ``data.eval_split=val`` that split (to choose settings)."""
+    import torch
+
+    from fedcl.federated.task import load_data, load_partition, server_data
+
+    base = {"dataset": "digits", "num-clients": 3, "partition": "iid"}
+    plain = from_run_config(base)
+    held = from_run_config({**base, "data.val-fraction": 0.2})
+    chosen = from_run_config({**base, "data.val-fraction": 0.2, "data.eval-split": "val"})
+    full = load_data("digits")
+    split = load_data("digits", val_fraction=0.2)
+    assert split.val_images is not None and len(split.val_labels) == round(0.2 * len(full.train_labels))
+
+    def rows(images: torch.Tensor) -> set[bytes]:
+        return {x.numpy().tobytes() for x in images}
+
+    val = rows(split.val_images)
+    parts = [load_partition(held, pid, 3)[0] for pid in range(3)]
+    assert sum(len(p) for p in parts) == len(split.train_labels) == len(full.train_labels) - len(val)
+    assert not any(rows(p) & val for p in parts)
+    assert sum(len(load_partition(plain, pid, 3)[0]) for pid in range(3)) == len(full.train_labels)
+    assert torch.equal(server_data(held).test_images, full.test_images)
+    assert torch.equal(server_data(chosen).test_images, split.val_images)

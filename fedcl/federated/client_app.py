@@ -41,12 +41,12 @@ from fedcl.federated.task import (
     check_budget,
     client_seed,
     distill_partition,
-    load_data,
     load_node_data,
     load_partition,
     make_model,
     perturbed_network_fn,
     plan_summary,
+    run_data,
     train_local,
 )
 
@@ -75,7 +75,7 @@ def _node_data(s: FederatedConfig, context: Context) -> tuple[Any, torch.Tensor,
         raise ConfigError("this SuperNode has no data: start it with --node-config \"data-path=DIR\" "
                           "(its own images) or, in a simulation, partition-id and num-partitions")
     pid = int(node["partition-id"])
-    data = load_data(s.dataset, s.data.root, s.data.image_size)
+    data = run_data(s)
     images, labels = load_partition(s, pid, int(node["num-partitions"]))
     return data, images, labels, pid
 

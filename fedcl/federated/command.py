@@ -28,10 +28,10 @@ def centralised(cfg: FederatedConfig) -> dict[str, Any]:
     """The same model trained on all the training data (the bar the summaries aim at): real images, so
     without ``server_noise`` and ``server_standardize``, which are meant for DP summaries, at the
     learning rate ``lr``."""
-    from fedcl.federated.task import load_data, make_model, train_global
+    from fedcl.federated.task import make_model, run_data, train_global
 
     s = replace(cfg, server_noise=0.0, server_standardize=False)
-    data = load_data(s.dataset, s.data.root, s.data.image_size)
+    data = run_data(s)
     t0 = time.perf_counter()
     model = make_model(s, data, seed=cfg.seed)
     acc = train_global(s, model, data.train_images, data.train_labels, data, epochs=cfg.central_epochs, seed=cfg.seed,

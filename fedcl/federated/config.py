@@ -69,6 +69,10 @@ class FederatedData:
         server_test: the server evaluates the global model on the test split of its ``data.root``; false: it
             holds no data and reports no test accuracy (then ``classes``, ``image_size`` and ``channels``
             give the label space and image shape).
+        val_fraction: hold a stratified validation split (seed 0, as in every command) out of the training
+            data before it is partitioned: no client holds it (0: none).
+        eval_split: where the server (and the centralised baseline) measure accuracy: ``test``, or ``val``
+            (needs ``val_fraction > 0``) to choose settings without reading the test set.
     """
 
     root: str = ""
@@ -76,6 +80,8 @@ class FederatedData:
     classes: list[str] = field(default_factory=list)
     channels: int = 0
     server_test: bool = True
+    val_fraction: float = 0.0
+    eval_split: str = "test"
 
 
 @dataclass
@@ -380,6 +386,11 @@ def validate(cfg: FederatedConfig, *, check_data: bool = True, simulation: bool 
             raise ConfigError(f"{key} must be >= 0, got {getattr(cfg, key)}")
     if cfg.data.image_size < 0:
         raise ConfigError(f"data.image_size must be >= 0 (0: keep the size), got {cfg.data.image_size}")
+    from fedcl.data.split import check_eval_split
+
+    if not 0.0 <= cfg.data.val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
+    check_eval_split(cfg.data.eval_split, cfg.data.val_fraction)
     if len(set(cfg.data.classes)) != len(cfg.data.classes):
         raise ConfigError(f"data.classes names a class twice: {cfg.data.classes}")
     if cfg.data.channels not in (0, 1, 3):

@@ -28,7 +28,7 @@ from fedcl.models import create_model
 from fedcl.train import accuracy, lr_decay_epoch, train_model
 
 __all__ = ["SERVER_BATCH", "SERVER_LR", "check_budget", "client_seed", "distill_partition", "load_data",
-           "load_node_data", "load_partition", "make_model", "server_data", "perturbed_network_fn", "plan_summary", "standardize_images", "train_global",
+           "load_node_data", "load_partition", "make_model", "run_data", "server_data", "perturbed_network_fn", "plan_summary", "standardize_images", "train_global",
            "train_local"]
 
 SERVER_BATCH = 256  # minibatch of the server's training on summaries (and of centralised training)
@@ -37,16 +37,25 @@ SERVER_LR = 0.01  # the server's SGD learning rate on summaries: the DC/DM evalu
 
 
 @functools.lru_cache(maxsize=4)
-def load_data(dataset: str, root: str = "", image_size: int = 0) -> ImageData:
-    """The dataset (cached per process: simulation actors serve many clients); ``image_size`` 0 keeps the size."""
-    return load_dataset(dataset, root or None, image_size=image_size or None)
+def load_data(dataset: str, root: str = "", image_size: int = 0, val_fraction: float = 0.0) -> ImageData:
+    """The dataset (cached per process: simulation actors serve many clients); ``image_size`` 0 keeps the size;
+    ``val_fraction`` > 0 holds a validation split out of the training images."""
+    return load_dataset(dataset, root or None, image_size=image_size or None, val_fraction=val_fraction)
+
+
+def run_data(s: FederatedConfig) -> ImageData:
+    """The dataset of a simulated run: its training images (without ``data.val_fraction``'s validation
+    split) are what the clients partition; its test images are ``data.eval_split`` (the test set, or the
+    validation split)."""
+    data = load_data(s.dataset, s.data.root, s.data.image_size, s.data.val_fraction)
+    return data.for_evaluation(s.data.eval_split)
 
 
 def server_data(s: FederatedConfig) -> ImageData:
-    """The server's dataset: its ``data.root`` (test set and label space), or with
+    """The server's dataset: its ``data.root`` (evaluation set and label space, :func:`run_data`), or with
     ``data.server_test=false`` an empty stand-in of ``data.classes`` and ``channels x image_size x image_size``."""
     if s.data.server_test:
-        return load_data(s.dataset, s.data.root, s.data.image_size)
+        return run_data(s)
     c, n = s.data.channels, s.data.image_size
     return ImageData(name=s.dataset, train_images=torch.zeros(0, c, n, n), train_labels=torch.zeros(0, dtype=torch.long),
                      test_images=torch.zeros(0, c, n, n), test_labels=torch.zeros(0, dtype=torch.long),
@@ -110,9 +119,9 @@ def load_node_data(s: FederatedConfig, path: str) -> ImageData:
 
 
 @functools.lru_cache(maxsize=8)
-def _parts(dataset: str, root: str, scheme: str, num_partitions: int, seed: int, alpha: float,
+def _parts(dataset: str, root: str, val_fraction: float, scheme: str, num_partitions: int, seed: int, alpha: float,
            classes_per_client: int) -> tuple[torch.Tensor, ...]:
-    data = load_data(dataset, root)
+    data = load_data(dataset, root, val_fraction=val_fraction)
     parts = partition_indices(data.train_labels.numpy(), num_partitions, scheme, seed=seed, alpha=alpha,
                               classes_per_client=classes_per_client)
     return tuple(torch.from_numpy(p) for p in parts)
@@ -127,8 +136,8 @@ def client_seed(s: FederatedConfig, partition_id: int, server_round: int = 1) ->
 
 def load_partition(s: FederatedConfig, partition_id: int, num_partitions: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Training images and labels of one client."""
-    data = load_data(s.dataset, s.data.root, s.data.image_size)
-    idx = _parts(s.dataset, s.data.root, s.partition, num_partitions, s.seed, s.alpha, s.classes_per_client)[partition_id]
+    data = run_data(s)
+    idx = _parts(s.dataset, s.data.root, s.data.val_fraction, s.partition, num_partitions, s.seed, s.alpha, s.classes_per_client)[partition_id]
     return data.train_images[idx], data.train_labels[idx]
 
 

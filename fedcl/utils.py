@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 import random
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
-__all__ = ["progress", "progress_enabled", "resolve_device", "save_safetensors", "seed_everything"]
+from fedcl.errors import DataError
+
+__all__ = ["progress", "progress_enabled", "read_safetensors", "resolve_device", "save_safetensors", "seed_everything"]
 
 T = TypeVar("T")
 
@@ -82,3 +84,44 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike[s
         if os.path.exists(tmp):
             os.unlink(tmp)
     return str(path)
+
+
+def read_safetensors(path: str | os.PathLike[str], what: str, *, formats: Collection[str] | None = None,
+                     check: Callable[[dict[str, str]], None] | None = None,
+                     tensors: bool = True) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """Read a fedcl safetensors file: its string header, then (``tensors=True``) all its tensors.
+
+    The one reader of fedcl's files (synthetic sets, saved models, expert trajectories, decoded-image
+    caches): the header is checked before any tensor is read, and every failure is one line that
+    names the file and ``what`` it should be.
+
+    Args:
+        path: the file.
+        what: what the file should hold, for the messages (``"fedcl synthetic set"``).
+        formats: the header's ``format`` must be one of these (None: any).
+        check: called with the header before the tensors are read; raises to refuse the file.
+        tensors: False reads the header only (the second item is then empty).
+
+    Raises:
+        DataError: no such file, an unreadable (truncated, garbled, foreign) file, or another format;
+            whatever ``check`` raises.
+    """
+    from safetensors import safe_open
+
+    if not os.path.isfile(path):
+        raise DataError(f"no such {what}: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            if formats is not None and header.get("format") not in formats:
+                raise DataError(f"{path} is not a {what} (format {header.get('format')!r}, expected "
+                                f"{' or '.join(sorted(formats))})")
+            if check is not None:
+                check(header)
+            out = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}  # noqa: SIM118 (no __iter__)
+    except DataError:
+        raise
+    except Exception as exc:  # safetensors raises several types on corrupt input
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{path} is not a readable {what}: {reason}") from None
+    return header, out

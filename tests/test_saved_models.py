@@ -91,7 +91,7 @@ def test_load_refuses_bad_files_with_one_clear_line(tmp_path) -> None:
     good = _save(tmp_path / "good.safetensors")
     (tmp_path / "garbage.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{not json")
     cases = {
-        "no such saved model": tmp_path / "missing.safetensors",
+        "no such fedcl saved model": tmp_path / "missing.safetensors",
         "not a readable fedcl saved model": tmp_path / "garbage.safetensors",
         "names model 'nope', which is not registered; registered: convnet": _rewrite(
             good, tmp_path / "unknown.safetensors", header={"model": "nope"}),

@@ -11,13 +11,14 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import warnings
 import zlib
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from fedcl.errors import DataError
 
 __all__ = ["cache_dirs", "load_entry", "save_entry", "user_cache_dir"]
 
@@ -46,18 +47,18 @@ def _crc(t: torch.Tensor) -> str:
 
 def load_entry(root: Path, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
     """The tensors and JSON metadata cached for ``root`` under ``key``, or None (absent or damaged)."""
-    from safetensors import safe_open
+    from fedcl.utils import read_safetensors
+
+    def check(header: dict[str, str]) -> None:
+        if header.get("key") != key:
+            raise DataError(f"a cache entry for another key ({header.get('key')!r})")
 
     for folder in cache_dirs(root):
         path = folder / f"{_prefix(root)}-{key}.safetensors"
         if not path.is_file():
             continue
         try:
-            with safe_open(str(path), framework="pt") as f:
-                header = f.metadata() or {}
-                if header.get("format") != _FORMAT or header.get("key") != key:
-                    continue
-                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+            header, tensors = read_safetensors(path, "decoded-image cache", formats=(_FORMAT,), check=check)
             crcs = json.loads(header["crc"])
             if set(crcs) != set(tensors) or any(_crc(tensors[k]) != v for k, v in crcs.items()):
                 continue
@@ -73,25 +74,18 @@ def save_entry(root: Path, key: str, tensors: dict[str, torch.Tensor], meta: dic
     Older entries for the same ``root`` in that folder are removed. Returns the path, or None
     (with a warning) where no folder can be written: the data is then decoded again next time.
     """
-    from safetensors.torch import save_file
+    from fedcl.utils import save_safetensors
 
     tensors = {k: v.contiguous() for k, v in tensors.items()}
     header = {"format": _FORMAT, "key": key, "meta": json.dumps(meta),
               "crc": json.dumps({k: _crc(v) for k, v in tensors.items()})}
     errors = []
     for folder in cache_dirs(root):
-        tmp = None
+        final = folder / f"{_prefix(root)}-{key}.safetensors"
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".safetensors")
-            os.close(fd)
-            save_file(tensors, tmp, metadata=header)
-            final = folder / f"{_prefix(root)}-{key}.safetensors"
-            os.replace(tmp, final)
+            save_safetensors(tensors, final, header)  # atomic: a temp file renamed into place
         except Exception as exc:  # read-only, full disk...: try the next folder, never fail the run
             errors.append(f"{folder}: {getattr(exc, 'strerror', None) or exc}")
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
             continue
         for old in folder.glob(f"{_prefix(root)}-*.safetensors"):
             if old != final:

@@ -39,7 +39,7 @@ from fedcl.distill.base import ClassData
 from fedcl.errors import ConfigError, DataError
 from fedcl.models import create_model
 from fedcl.utils import progress as progress_bar
-from fedcl.utils import resolve_device, save_safetensors
+from fedcl.utils import read_safetensors, resolve_device, save_safetensors
 
 __all__ = ["FORMAT", "ExpertSpec", "Experts", "data_hash", "default_cache_dir", "flatten_params", "load_experts",
            "make_spec", "train_experts", "train_experts_on"]
@@ -174,22 +174,17 @@ def load_experts(path: str | os.PathLike[str], spec: ExpertSpec, digest: str, nu
         StaleExperts: the header's format, settings or data hash differ from the ones asked for.
         DataError: the file is missing, unreadable, of the wrong shape or dtype, or fails its content hash.
     """
-    from safetensors import safe_open
-
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"no expert trajectories at {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-            if header.get("format") != FORMAT or header.get("key") != spec.key(digest) \
-                    or header.get("settings_hash") != spec.settings_hash() or header.get("data_hash") != digest:
-                raise StaleExperts(f"{path} holds expert trajectories for other settings or data (stale)")
-            traj = f.get_tensor("trajectories")
-    except DataError:
-        raise
-    except Exception as exc:  # safetensors raises several types on a truncated or garbled file
-        raise DataError(f"{path} is not a readable expert trajectory file: {str(exc).splitlines()[0]}") from None
+
+    def check(header: dict[str, str]) -> None:  # before the (large) trajectories are read
+        if header.get("format") != FORMAT or header.get("key") != spec.key(digest) \
+                or header.get("settings_hash") != spec.settings_hash() or header.get("data_hash") != digest:
+            raise StaleExperts(f"{path} holds expert trajectories for other settings or data (stale)")
+
+    header, tensors = read_safetensors(path, "expert trajectory file", check=check)
+    if "trajectories" not in tensors:
+        raise DataError(f"{path}: no trajectories tensor")
+    traj = tensors["trajectories"]
     want = (spec.num_experts, spec.epochs + 1, num_params)
     if traj.dtype != torch.float32 or tuple(traj.shape) != want:
         raise DataError(f"{path}: trajectories are {traj.dtype} {tuple(traj.shape)}, expected float32 {want}")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from fedcl.errors import DataError
-from fedcl.utils import save_safetensors
+from fedcl.utils import read_safetensors, save_safetensors
 
 if TYPE_CHECKING:
     from fedcl.distill.memory import Memory
@@ -133,24 +133,13 @@ class SyntheticSet:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> SyntheticSet:
         """Read a file written by :meth:`save`; refuses anything else with a DataError."""
-        from safetensors import safe_open
-
         path = Path(path)
-        if not path.is_file():
-            raise DataError(f"no such synthetic set: {path}")
+        header, tensors = read_safetensors(path, "fedcl synthetic set", formats=FORMATS)
         try:
-            with safe_open(str(path), framework="pt") as f:
-                header = f.metadata() or {}
-                if header.get("format") not in FORMATS:
-                    raise DataError(f"{path} is not a fedcl synthetic set (format {header.get('format')!r}, "
-                                    f"expected one of {', '.join(FORMATS)})")
-                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
             meta = json.loads(header.get("meta", "{}"))
             num_classes = int(header["num_classes"])
-        except DataError:
-            raise
-        except Exception as exc:  # safetensors raises several types on corrupt input
-            raise DataError(f"{path} is not a readable fedcl synthetic set: {exc}") from exc
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{path}: malformed synthetic-set header ({type(exc).__name__}: {exc})") from None
         memory = None
         if "memory" in meta and any(k.startswith("memory.") for k in tensors):
             from fedcl.distill.memory import load_memory

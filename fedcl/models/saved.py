@@ -29,7 +29,7 @@ from torch import nn
 
 from fedcl.errors import ConfigError, DataError
 from fedcl.models.registry import MODELS, create_model
-from fedcl.utils import save_safetensors
+from fedcl.utils import read_safetensors, save_safetensors
 
 if TYPE_CHECKING:
     from fedcl.data import ImageData
@@ -119,19 +119,6 @@ def save_model(path: str | os.PathLike[str], model: nn.Module, *, name: str, kwa
     return _atomic_save(state, Path(path), header)
 
 
-def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor] | None, str | None]:
-    """``(header, tensors, error)`` of a safetensors file; tensors None and a one-line error if unreadable."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-        return header, tensors, None
-    except Exception as exc:  # safetensors raises several types on corrupt input
-        return {}, None, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-
-
 def saved_kind(path: str | os.PathLike[str]) -> str:
     """``"model"`` or ``"synthetic"``: what a fedcl safetensors file holds, from its header.
 
@@ -143,14 +130,8 @@ def saved_kind(path: str | os.PathLike[str]) -> str:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"no such file: {path} (give a synthetic.safetensors or a saved model written by fedcl)")
-    try:  # the header only: the tensors are read by whichever loader the format names
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-    except Exception as exc:  # safetensors raises several types on corrupt input
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"{path} is not a readable fedcl synthetic set or saved model: {reason}") from None
+    # the header only: the tensors are read by whichever loader the format names
+    header, _ = read_safetensors(path, "fedcl synthetic set or saved model", tensors=False)
     fmt = header.get("format", "")
     if fmt.startswith("fedcl.model/"):
         return "model"
@@ -173,16 +154,17 @@ def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cp
             ``state_dict`` (names, shapes, non-finite values).
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"no such saved model: {path}")
-    header, tensors, error = _read(path)
-    if tensors is None:
-        raise DataError(f"{path} is not a readable fedcl saved model: {error}")
-    fmt = header.get("format")
-    if fmt != FORMAT:
-        hint = " (a newer fedcl wrote it; upgrade fedcl)" if str(fmt).startswith("fedcl.model/") else \
-            " (a synthetic set: `fedcl evaluate` trains models on it)" if str(fmt).startswith("fedcl.synthetic/") else ""
-        raise DataError(f"{path} is not a fedcl saved model (format {fmt!r}, expected {FORMAT}){hint}")
+
+    def check(header: dict[str, str]) -> None:
+        fmt = header.get("format")
+        if fmt != FORMAT:
+            hint = " (a newer fedcl wrote it; upgrade fedcl)" if str(fmt).startswith("fedcl.model/") else \
+                " (a synthetic set: `fedcl evaluate` trains models on it)" if str(fmt).startswith("fedcl.synthetic/") \
+                else ""
+            raise DataError(f"{path} is not a fedcl saved model (format {fmt!r}, expected {FORMAT}){hint}")
+
+    header, tensors = read_safetensors(path, "fedcl saved model", check=check)
+    fmt = header["format"]
     try:
         name = header["model"]
         kwargs = json.loads(header["model_kwargs"])

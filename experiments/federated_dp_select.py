@@ -51,11 +51,11 @@ SERVERS: dict[str, list[str]] = {
     "plain": ["server_noise=0", "server_noise_decay=1"],
 }
 #: the (client, server) pairs scored on validation: the config, then one option changed at a time
+#: (``ipc10`` is left out by default: a client setting costs a new set of DP summaries; ``--with-ipc10``)
 CANDIDATES: list[tuple[str, str]] = [
     ("ipc20", "noise2-decay0.25"),
     ("ipc20", "noise2"),
     ("ipc20", "plain"),
-    ("ipc10", "noise2-decay0.25"),
 ]
 
 
@@ -145,6 +145,7 @@ def main() -> None:
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--cache", default="/tmp/fedcl_dp_select")
     p.add_argument("--out", default="runs/federated_dp_select")
+    p.add_argument("--with-ipc10", action="store_true", help="also score the clients at ipc 10")
     p.add_argument("--table", default=str(REPO / "experiments" / "results" / "federated_dp_select.md"))
     p.add_argument("--from-lines", default=None, metavar="LINES.jsonl", help="run nothing: write the table")
     args = p.parse_args()
@@ -168,7 +169,7 @@ def main() -> None:
         done.write_text("".join(json.dumps(x) + "\n" for x in lines))
         write_table(args, lines, (time.time() - t0) / 60)
 
-    for client, server in CANDIDATES:
+    for client, server in CANDIDATES + ([("ipc10", "noise2-decay0.25")] if args.with_ipc10 else []):
         record(client, server, 0, "val")
     best = max((x for x in lines if x["split"] == "val"), key=lambda x: x["accuracy"])
     for seed in (int(s) for s in args.seeds.split(",")):

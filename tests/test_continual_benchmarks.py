@@ -47,6 +47,19 @@ def test_split_imagefolder_is_class_incremental(tmp_path):
     assert sorted(int(i) for e in train for i in e.dataset.record_ids) == list(range(12))  # each record once
 
 
+def test_eval_split_val_makes_the_held_out_split_the_test_stream():
+    """``eval_split="val"``: the test stream is the validation split, which no training experience holds."""
+    test = make_benchmark("split_digits", seed=0, val_fraction=0.2)
+    val = make_benchmark("split_digits", seed=0, val_fraction=0.2, eval_split="val")
+    held = val.data.test_images
+    assert val.data.val_images is not None and torch.equal(held, val.data.val_images)
+    assert torch.equal(test.data.test_images, make_benchmark("split_digits", seed=0).data.test_images)
+    stream_x = torch.cat([torch.stack([x for x, *_ in e.dataset]) for e in val.scenario.test_stream])
+    assert len(stream_x) == len(held)
+    seen = {x.numpy().tobytes() for e in val.scenario.train_stream for x, *_ in e.dataset}
+    assert not any(x.numpy().tobytes() in seen for x in held)
+
+
 def test_split_imagefolder_bad_input(tmp_path):
     root = _folder(tmp_path / "three", classes=3)
     with pytest.raises(ConfigError, match="3 classes cannot be split into 5 experiences"):

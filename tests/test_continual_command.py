@@ -71,6 +71,8 @@ def test_same_learner_baselines_and_gain_column(tmp_path):
     (["mem_size=20", "distill.param=haba"], ConfigError, "haba"),
     (["strategies=[distilled_dp]", "privacy.epsilon=1", "distill.soft_labels=true"], ConfigError, "soft labels"),
     (["distill.shrink=cut"], ConfigError, "distill.shrink"),
+    (["eval.split=val"], ConfigError, "data.val_fraction"),
+    (["eval.split=train", "data.val_fraction=0.2"], ConfigError, "eval.split"),
 ])
 def test_bad_input_fails_before_training(tmp_path, args, error, match):
     out = tmp_path / "run"

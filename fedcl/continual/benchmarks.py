@@ -77,7 +77,11 @@ Factory = Callable[[str | None, int, int | None], Benchmark]
 
 
 def register_benchmark(name: str) -> Callable[[Factory], Factory]:
-    """Register ``fn(root, seed, n_experiences) -> Benchmark`` under ``name``."""
+    """Register ``fn(root, seed, n_experiences, **options) -> Benchmark`` under ``name``.
+
+    ``options`` are the data options that are set (``image_size``, ``val_fraction``) and, only when
+    the validation split is asked for, ``split="val"`` (the test stream is then that split).
+    """
     return BENCHMARKS.register(name)
 
 
@@ -87,17 +91,24 @@ def list_benchmarks() -> list[str]:
 
 
 def make_benchmark(name: str, *, root: str | None = None, seed: int = 0, n_experiences: int | None = None,
-                   **data_options: Any) -> Benchmark:
+                   eval_split: str = "test", **data_options: Any) -> Benchmark:
     """Build a registered benchmark (``split_digits``, ``split_mnist``, ``split_fashion_mnist``,
     ``split_cifar10_jpeg``, ``split_imagefolder`` with ``root`` the folder, ``permuted_mnist`` ...).
 
-    ``data_options`` (``image_size``, ``val_fraction``) go to :func:`fedcl.data.load_dataset`.
+    ``data_options`` (``image_size``, ``val_fraction``) go to :func:`fedcl.data.load_dataset`;
+    ``eval_split="val"`` makes the validation split (``val_fraction`` of the training data, which the
+    training stream then lacks) the test stream, to choose settings without reading the test set.
 
     Raises:
         ConfigError: unknown name, or classes that do not split into ``n_experiences`` equal experiences.
         DataError: the dataset files are missing under ``root`` (or, for ``split_imagefolder``, a bad folder).
     """
+    from fedcl.data.split import check_eval_split
+
+    check_eval_split(eval_split, data_options.get("val_fraction") or 0.0)
     options = {k: v for k, v in data_options.items() if v}  # only what is set: other factories take none
+    if eval_split != "test":
+        options["split"] = eval_split
     return BENCHMARKS.get(name)(root, seed, n_experiences, **options)
 
 
@@ -141,8 +152,9 @@ def _permute(images: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
 
 
 def _split(dataset: str, name: str, default_exps: int) -> Factory:
-    def build(root: str | None, seed: int, n_experiences: int | None, **options: Any) -> Benchmark:
-        data = load_dataset(dataset, root, **options)
+    def build(root: str | None, seed: int, n_experiences: int | None, split: str = "test",
+              **options: Any) -> Benchmark:
+        data = load_dataset(dataset, root, **options).for_evaluation(split)
         n = n_experiences or default_exps
         if n < 1 or data.num_classes % n:
             raise ConfigError(f"{name}: {data.num_classes} classes cannot be split into {n} experiences of equal "
@@ -158,8 +170,9 @@ def _split(dataset: str, name: str, default_exps: int) -> Factory:
 
 
 def _permuted(dataset: str, name: str, default_exps: int) -> Factory:
-    def build(root: str | None, seed: int, n_experiences: int | None, **options: Any) -> Benchmark:
-        data = load_dataset(dataset, root, **options)
+    def build(root: str | None, seed: int, n_experiences: int | None, split: str = "test",
+              **options: Any) -> Benchmark:
+        data = load_dataset(dataset, root, **options).for_evaluation(split)
         gen = torch.Generator().manual_seed(seed)
         n_pix = int(torch.tensor(data.image_shape).prod())
         train, test = [], []

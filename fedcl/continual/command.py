@@ -52,7 +52,8 @@ def run(cfg: ContinualConfig, log: Any = print) -> dict[str, Any]:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     benches = {seed: make_benchmark(cfg.benchmark, root=cfg.data.root, seed=seed, n_experiences=cfg.n_experiences,
-                                    image_size=cfg.data.image_size, val_fraction=cfg.data.val_fraction)
+                                    image_size=cfg.data.image_size, val_fraction=cfg.data.val_fraction,
+                                    eval_split=cfg.eval.split)
                for seed in cfg.seeds}  # DataError here, before any training
     num_classes = next(iter(benches.values())).num_classes
     if cfg.mem_size < num_classes:
@@ -66,7 +67,8 @@ def run(cfg: ContinualConfig, log: Any = print) -> dict[str, Any]:
         create_memory(cfg.distill.param, [0], cfg.mem_size // num_classes, next(iter(benches.values())).in_shape,
                       **dict(cfg.distill.param_kwargs))
     metrics: dict[str, Any] = {"config": {"benchmark": cfg.benchmark, "mem_size": cfg.mem_size, "seeds": list(cfg.seeds),
-                                          "epochs": cfg.epochs, "model": cfg.model}, "strategies": {}}
+                                          "epochs": cfg.epochs, "model": cfg.model, "eval_split": cfg.eval.split},
+                               "strategies": {}}
     with run_folder(cfg.out, f"continual-{cfg.benchmark}") as folder:
         save_config(folder, cfg)
         for name in cfg.strategies:

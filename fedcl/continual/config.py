@@ -8,7 +8,19 @@ from typing import Any
 from fedcl.config import DataConfig
 from fedcl.privacy.config import PrivacyConfig
 
-__all__ = ["ContinualConfig", "MemoryDistillConfig"]
+__all__ = ["ContinualConfig", "ContinualEval", "MemoryDistillConfig"]
+
+
+@dataclass
+class ContinualEval:
+    """Where the stream's accuracy is measured.
+
+    Attributes:
+        split: ``test``, or ``val``: the validation split carved by ``data.val_fraction`` is the test
+            stream (to choose settings; the training stream lacks it either way).
+    """
+
+    split: str = "test"
 
 
 @dataclass
@@ -79,6 +91,7 @@ class ContinualConfig:
         distill: how the distilled strategies build and use their memory (``distill.*`` keys).
         privacy: the DP block of ``distilled_dp`` (``privacy.*`` keys).
         data: where the benchmark's dataset lives and how it is loaded (``data.*`` keys).
+        eval: where accuracy is measured (``eval.split``).
     """
 
     benchmark: str = "split_digits"
@@ -99,3 +112,4 @@ class ContinualConfig:
     distill: MemoryDistillConfig = field(default_factory=MemoryDistillConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    eval: ContinualEval = field(default_factory=ContinualEval)

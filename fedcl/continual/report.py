@@ -47,7 +47,8 @@ def results_table(metrics: dict[str, Any]) -> str:
             g = m.get("gain_over_selection")
             row += f" {g['mean']:+.3f} ± {g['std']:.3f} (vs {g['baseline']}) |" if g else " |"
         lines.append(row)
-    lines += ["", "Accuracies are fractions of the test set; seconds are wall time on this machine "
+    where = "the validation split (data.val_fraction)" if cfg.get("eval_split") == "val" else "the test set"
+    lines += ["", f"Accuracies are fractions of {where}; seconds are wall time on this machine "
               "(mean per experience, averaged over seeds)."]
     if gains:
         lines.append("Gain over selection: final accuracy minus that of the better of distilled_random and "

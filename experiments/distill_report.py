@@ -72,7 +72,9 @@ def write_report(res: dict[str, Any], out: Path) -> None:
           "measured by that script on the machine named under each part. MNIST-6k = the first 6,000 MNIST "
           "training images, tested on the official 10,000 test images. Accuracies are test accuracy of fresh "
           "ConvNets trained on the synthetic set (SGD, DSA augmentation, lr/10 at half the epochs). One current "
-          "table per part and device; earlier runs are in git.", ""]
+          "table per part and device; earlier runs are in git.", "",
+          "Beside the authors' code (MTT and IDC on MNIST-6k, same data, network and settings, one CPU thread): "
+          "[side_by_side.md](side_by_side.md), written by `experiments/side_by_side.py`.", ""]
     if res.get("notes"):  # the reading of the tables, kept in distill.json
         md += ["## What the tables say", ""] + [f"- {n}" for n in res["notes"]] + [""]
     for key in ("speed", "speed_gpu"):

@@ -54,6 +54,14 @@ def test_every_model_forward_and_embed(name: str, shape: tuple[int, int, int]) -
     assert net.classifier(emb).shape == (3, 7)
 
 
+def test_convnet_first_padding_builds_the_reference_network() -> None:
+    # the DC/DSA/DM/MTT/IDC reference code pads grey 28 px inputs by 3 (32 px): 128 x 4 x 4 features
+    ref = create_model("convnet", (1, 28, 28), 10, first_padding=3)
+    assert ref.feature_dim == 2048 and ref.classifier.in_features == 2048
+    assert ref(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert create_model("convnet", (1, 28, 28), 10).feature_dim == 1152  # the default keeps the size
+
+
 def test_convnet_depth_follows_image_size() -> None:
     small = create_model("convnet", (1, 8, 8), 10)
     large = create_model("convnet", (1, 28, 28), 10)

@@ -45,6 +45,23 @@ def test_idc_tiles_upsample_to_the_stored_image_of_factor_one() -> None:
     assert torch.allclose(tiled()[0:1], up)
 
 
+def test_idc_starts_every_decoded_image_from_its_own_real_image(digits) -> None:
+    # IDC's "mix" initialisation: at ipc 1 and factor 2 the four tiles of a class are four real images,
+    # not one image repeated (which would leave four identical decoded images to start from)
+    engine = create_distiller("gm", param="idc", param_kwargs={"factor": 2}, iterations=1, outer_loop=1,
+                              inner_loop=0, lr_img=0.0, seed=3, **TINY)
+    syn = engine.distill(digits.train_images, digits.train_labels, 1, meta={"dataset": "digits"})
+    assert syn.memory.init_per_class == 4
+    decoded = syn.images.reshape(10, 4, -1)
+    for c in range(10):
+        assert torch.cdist(decoded[c], decoded[c]).fill_diagonal_(1.0).min() > 0
+    # fewer images than tiles (a class smaller than ipc * factor**2) are cycled
+    few = create_memory("idc", [0, 1], 2, (1, 8, 8), torch.randn(2 * 3, 1, 8, 8), factor=2)
+    assert few().shape == (2 * 8, 1, 8, 8)
+    with pytest.raises(ConfigError, match="same number"):
+        create_memory("idc", [0, 1], 1, (1, 8, 8), torch.randn(3, 1, 8, 8), factor=2)
+
+
 @pytest.mark.parametrize("name, kw, match", [
     ("pixels", {}, "unknown memory parameterisation"),
     ("idc", {"factor": 3}, "factor=3 must be a positive integer that divides"),

@@ -25,6 +25,16 @@ def test_fast_embed_matches_embed(shape: tuple[int, int, int], norm: str) -> Non
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
 
 
+def test_fast_embed_matches_embed_with_the_reference_first_padding() -> None:
+    # first_padding=3 (the reference ConvNet on 28 px grey images) makes the first block's output
+    # larger than its input; the few-channel fast path must use the output's size
+    torch.manual_seed(2)
+    net = create_model("convnet", (1, 28, 28), 10, width=16, first_padding=3)
+    x = torch.randn(5, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(embed_no_grad(net, x), net.embed(x), rtol=1e-4, atol=1e-4)
+
+
 def test_fast_embed_negative_gamma_path() -> None:
     torch.manual_seed(1)
     net = create_model("convnet", (1, 28, 28), 10, width=16)

@@ -225,7 +225,9 @@ class Distiller(ABC):
         # class) before any image is read
         access = (privacy.open_access(self, real, present, memory.per_class, gen) if private
                   else RealAccess(real, present, self.batch_real, gen))
-        memory.init_from_images(self.initial_images(real, present, ipc, gen, init))
+        # a memory that decodes more images than it stores (idc) starts each from its own real image
+        n_init = max(ipc, min(memory.init_per_class, smallest))
+        memory.init_from_images(self.initial_images(real, present, n_init, gen, init))
         self._meta = {**(meta or {}), "method": self.name, "ipc": ipc, "image_shape": list(images.shape[1:]),
                       "seed": self.seed, "model": self.model, "init": init}
         t0 = time.perf_counter()

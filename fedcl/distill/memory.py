@@ -95,8 +95,15 @@ class Memory(nn.Module):
         """The JSON-able options that rebuild this memory with :func:`load_memory`."""
         return {}
 
+    @property
+    def init_per_class(self) -> int:
+        """How many distinct real images per class the initialisation can use (``ipc`` unless the
+        memory decodes more images than it stores)."""
+        return self.ipc
+
     def init_from_images(self, images: torch.Tensor) -> None:
-        """Set the stored tensors from ``ipc`` initial images per class (class-major)."""
+        """Set the stored tensors from ``ipc`` (up to :attr:`init_per_class`) initial images per class
+        (class-major)."""
         raise NotImplementedError
 
     # --- shared ----------------------------------------------------------------------------------
@@ -193,14 +200,24 @@ class IDCMemory(Memory):
     def options(self) -> dict[str, Any]:
         return {"factor": self.factor}
 
+    @property
+    def init_per_class(self) -> int:
+        # IDC's "mix" initialisation: every decoded image starts from its own real image
+        return self.ipc * self.factor ** 2
+
     def init_from_images(self, images: torch.Tensor) -> None:
-        # each stored image starts as factor**2 downsampled copies of per-class images, tiled
+        # each stored image starts as factor**2 downsampled per-class images, tiled; with fewer than
+        # ipc * factor**2 images per class given (a small class), they are cycled
         f, (c, h, w) = self.factor, self.image_shape
         k = len(self.classes)
+        m = images.shape[0] // k
+        if m < 1 or m * k != images.shape[0]:
+            raise ConfigError(f"idc initialisation needs the same number (>= 1) of images for each of {k} classes, "
+                              f"got {images.shape[0]} images")
         small = F.interpolate(images.detach().float(), size=(h // f, w // f), mode="bilinear", align_corners=False)
-        small = small.reshape(k, self.ipc, c, h // f, w // f)
-        # tile j of stored image i of a class is the (i * f^2 + j)-th image of that class, cycling the ipc given
-        idx = torch.arange(self.ipc * f * f) % self.ipc
+        small = small.reshape(k, m, c, h // f, w // f)
+        # tile j of stored image i of a class is the (i * f^2 + j)-th image of that class, cycling the m given
+        idx = torch.arange(self.ipc * f * f) % m
         tiles = small[:, idx].reshape(k, self.ipc, f, f, c, h // f, w // f)
         stored = tiles.permute(0, 1, 4, 2, 5, 3, 6).reshape(k * self.ipc, c, h, w)
         self.images = nn.Parameter(stored.contiguous())

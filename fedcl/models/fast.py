@@ -100,7 +100,10 @@ def _stats_first(x: torch.Tensor, conv: nn.Conv2d) -> tuple[torch.Tensor, torch.
     image's ``k``-dim patch mean and ``k x k`` patch Gram matrix instead of two passes over
     the ``(N, 128, H, W)`` output. Returns ``z`` (channels-last), mean and E[z^2] (fp32).
     """
-    n, _, h, w = x.shape
+    n = x.shape[0]
+    kh, kw = conv.kernel_size
+    ph, pw = conv.padding if isinstance(conv.padding, tuple) else (conv.padding, conv.padding)
+    h, w = x.shape[2] + 2 * ph - kh + 1, x.shape[3] + 2 * pw - kw + 1  # the output's size (stride 1)
     weight = conv.weight.reshape(conv.weight.shape[0], -1)  # (O, k)
     patches = F.unfold(x, conv.kernel_size, padding=conv.padding)  # (N, k, HW)
     pf = patches.float()

@@ -115,6 +115,9 @@ def main() -> None:
                         help="the candidates of a method's knob (default: TUNE's), e.g. dm=100,300")
     parser.add_argument("--epsilons", default="1,10", help="the target epsilons (default 1,10)")
     parser.add_argument("--select-models", type=int, default=5, help="evaluation models per candidate")
+    parser.add_argument("--select-only", action="store_true",
+                        help="score the candidates on validation data and stop (to widen a grid: compare the lines "
+                             "with the earlier ones, then report the winner with --values METHOD=V)")
     parser.add_argument("--quick", action="store_true", help="one candidate per knob, one seed, 1 eval model")
     parser.add_argument("--from-lines", nargs="+", default=None, metavar="LINES.jsonl",
                         help="run nothing: write the table from the lines.jsonl of earlier runs (e.g. one per method)")
@@ -150,6 +153,9 @@ def main() -> None:
                 scores.append((rows[0]["accuracy"], v))
                 lines.append({"stage": "select", "method": method, "epsilon": eps, knob: v,
                               "val_accuracy": rows[0]["accuracy"]})
+            (out / "lines.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+            if args.select_only:
+                continue
             best_acc, best = max(scores)
             chosen[(method, eps)] = (best, best_acc)
             print(f"report {method} eps={eps} {knob}={best}", flush=True)
@@ -161,7 +167,10 @@ def main() -> None:
                           "release_seconds": [r["release_seconds"] for r in rows]})
             (out / "lines.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
             write_table(args, seeds, lines, t0, done=False)
-    print(f"wrote {write_table(args, seeds, lines, t0, done=True)}")
+    if args.select_only:
+        print(f"wrote {out / 'lines.jsonl'} (validation scores only)")
+    else:
+        print(f"wrote {write_table(args, seeds, lines, t0, done=True)}")
 
 
 if __name__ == "__main__":

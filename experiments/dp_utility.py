@@ -84,10 +84,19 @@ def write_table(args: argparse.Namespace, seeds: list[int], lines: list[dict], t
           "",
           "| method | ε | chosen on validation | val acc (%) | test acc (%) mean ± std over seeds | ε spent |",
           "|---|---|---|---|---|---|"]
+    # the chosen value per (method, epsilon): the best validation score over every select line (a grid
+    # widened by a later --select-only run included); only its report is shown
+    best: dict[tuple[str, float], tuple[float, float]] = {}
     for line in lines:
-        if line["stage"] != "report":
-            continue
+        if line["stage"] == "select":
+            key, score = (line["method"], line["epsilon"]), (line["val_accuracy"], line[TUNE[line["method"]][0]])
+            best[key] = max(best.get(key, score), score)
+    order = {m: i for i, m in enumerate(TUNE)}
+    lines = sorted(lines, key=lambda x: (order[x["method"]], x["epsilon"], x[TUNE[x["method"]][0]]))
+    for line in lines:
         knob = TUNE[line["method"]][0]
+        if line["stage"] != "report" or line[knob] != best.get((line["method"], line["epsilon"]), (0, line[knob]))[1]:
+            continue
         accs = line["test_accuracy"]
         sd = statistics.pstdev(accs) if len(accs) > 1 else 0.0
         md.append(f"| {line['method']} | {line['epsilon']:g} | {knob}={line[knob]:g} | {100 * line['val_accuracy']:.1f} "

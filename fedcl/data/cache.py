@@ -76,7 +76,6 @@ def save_entry(root: Path, key: str, tensors: dict[str, torch.Tensor], meta: dic
     """
     from fedcl.utils import save_safetensors
 
-    tensors = {k: v.contiguous() for k, v in tensors.items()}
     header = {"format": _FORMAT, "key": key, "meta": json.dumps(meta),
               "crc": json.dumps({k: _crc(v) for k, v in tensors.items()})}
     errors = []

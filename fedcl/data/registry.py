@@ -78,8 +78,9 @@ def load_dataset(name: str, root: str | os.PathLike[str] | None = None, *, downl
     """
     if image_size is not None and image_size < 1:
         raise ConfigError(f"data.image_size must be a positive number of pixels (or null), got {image_size}")
-    if not 0.0 <= val_fraction < 1.0:
-        raise ConfigError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+    from fedcl.data.split import check_val_fraction
+
+    check_val_fraction(val_fraction)
     fn = DATASETS.get(name)
     if image_size is not None and "image_size" in inspect.signature(fn).parameters:
         data = fn(resolve_root(root), download, image_size=image_size)

@@ -9,9 +9,15 @@ import torch
 from fedcl.data.base import ImageData
 from fedcl.errors import ConfigError
 
-__all__ = ["EVAL_SPLITS", "check_eval_split", "stratified_holdout", "with_validation"]
+__all__ = ["EVAL_SPLITS", "check_eval_split", "check_val_fraction", "stratified_holdout", "with_validation"]
 
 EVAL_SPLITS = ("test", "val")
+
+
+def check_val_fraction(fraction: float) -> None:
+    """ConfigError unless ``fraction`` (``data.val_fraction``) is in [0, 1)."""
+    if not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"data.val_fraction must be in [0, 1), got {fraction}")
 
 
 def check_eval_split(split: str, val_fraction: float) -> None:
@@ -30,8 +36,7 @@ def stratified_holdout(labels: torch.Tensor, fraction: float, seed: int = 0) -> 
     Raises:
         ConfigError: ``fraction`` outside [0, 1), or one that holds out nothing.
     """
-    if not 0.0 <= fraction < 1.0:
-        raise ConfigError(f"data.val_fraction must be in [0, 1), got {fraction}")
+    check_val_fraction(fraction)
     labels = labels.reshape(-1).cpu()
     gen = torch.Generator().manual_seed(int(seed))
     held = []

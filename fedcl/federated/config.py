@@ -386,10 +386,9 @@ def validate(cfg: FederatedConfig, *, check_data: bool = True, simulation: bool 
             raise ConfigError(f"{key} must be >= 0, got {getattr(cfg, key)}")
     if cfg.data.image_size < 0:
         raise ConfigError(f"data.image_size must be >= 0 (0: keep the size), got {cfg.data.image_size}")
-    from fedcl.data.split import check_eval_split
+    from fedcl.data.split import check_eval_split, check_val_fraction
 
-    if not 0.0 <= cfg.data.val_fraction < 1.0:
-        raise ConfigError(f"data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
+    check_val_fraction(cfg.data.val_fraction)
     check_eval_split(cfg.data.eval_split, cfg.data.val_fraction)
     if len(set(cfg.data.classes)) != len(cfg.data.classes):
         raise ConfigError(f"data.classes names a class twice: {cfg.data.classes}")

@@ -119,9 +119,9 @@ def load_node_data(s: FederatedConfig, path: str) -> ImageData:
 
 
 @functools.lru_cache(maxsize=8)
-def _parts(dataset: str, root: str, val_fraction: float, scheme: str, num_partitions: int, seed: int, alpha: float,
-           classes_per_client: int) -> tuple[torch.Tensor, ...]:
-    data = load_data(dataset, root, val_fraction=val_fraction)
+def _parts(dataset: str, root: str, image_size: int, val_fraction: float, scheme: str, num_partitions: int, seed: int,
+           alpha: float, classes_per_client: int) -> tuple[torch.Tensor, ...]:
+    data = load_data(dataset, root, image_size, val_fraction)  # the call run_data makes: one cached load
     parts = partition_indices(data.train_labels.numpy(), num_partitions, scheme, seed=seed, alpha=alpha,
                               classes_per_client=classes_per_client)
     return tuple(torch.from_numpy(p) for p in parts)
@@ -137,7 +137,8 @@ def client_seed(s: FederatedConfig, partition_id: int, server_round: int = 1) ->
 def load_partition(s: FederatedConfig, partition_id: int, num_partitions: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Training images and labels of one client."""
     data = run_data(s)
-    idx = _parts(s.dataset, s.data.root, s.data.val_fraction, s.partition, num_partitions, s.seed, s.alpha, s.classes_per_client)[partition_id]
+    idx = _parts(s.dataset, s.data.root, s.data.image_size, s.data.val_fraction, s.partition, num_partitions, s.seed,
+                 s.alpha, s.classes_per_client)[partition_id]
     return data.train_images[idx], data.train_labels[idx]
 
 

@@ -182,11 +182,55 @@ def test_tesla_memory_does_not_grow_with_syn_steps(digits) -> None:
     assert tesla[0] == tesla[1] and tesla[1] < unrolled[1] / 3
 
 
-def test_dp_is_refused_in_one_line(digits) -> None:
-    eng = create_distiller("mtt", **TINY, **MTT)
-    with pytest.raises(ConfigError) as info:
-        eng.distill(digits.train_images, digits.train_labels, 1, privacy=PrivacyConfig(epsilon=1.0))
-    assert "DP" in str(info.value) and "not implemented" in str(info.value) and "\n" not in str(info.value)
+def dp_mtt(tmp_path, **kw):
+    return create_distiller("mtt", cache_dir=str(tmp_path), **TINY, **{**MTT, **kw})
+
+
+def test_dp_trains_the_experts_with_dp_sgd_and_a_cached_release_reports_its_cost(digits, digits_meta, tmp_path) -> None:
+    from fedcl.distill.experts import steps_per_epoch
+
+    privacy = PrivacyConfig(epsilon=1.0)
+    first = dp_mtt(tmp_path).distill(digits.train_images, digits.train_labels, 1, privacy=privacy, meta=digits_meta)
+    p = first.meta["privacy"]
+    n = len(digits.train_labels)
+    batch = 256 // 10  # the experts' default: 256 images in all
+    assert p["steps"] == MTT["num_experts"] * MTT["train_epochs"] * steps_per_epoch(n, batch, 10)  # every expert step
+    assert p["sample_rate"] == pytest.approx(batch * 10 / n) and 0.9 < p["epsilon"] <= 1.0 and p["noise_multiplier"] > 1
+    assert first.meta["init"] == "noise" and first.meta["experts"]["private"] and first.meta["experts"]["source"] == "trained"
+    (file,) = tmp_path.iterdir()
+    # another distillation seed post-processes the same DP experts: loaded, and the same cost reported
+    again = dp_mtt(tmp_path, seed=3).distill(digits.train_images, digits.train_labels, 1, privacy=privacy, meta=digits_meta)
+    assert again.meta["experts"]["source"] == "cache" and again.meta["experts"]["key"] == first.meta["experts"]["key"]
+    assert again.meta["privacy"] == p and not torch.equal(again.images, first.images)
+    # experts trained without DP, or under another budget, never share the DP file
+    plain = dp_mtt(tmp_path).distill(digits.train_images, digits.train_labels, 1, meta=digits_meta)
+    looser = dp_mtt(tmp_path).distill(digits.train_images, digits.train_labels, 1, meta=digits_meta,
+                                      privacy=PrivacyConfig(epsilon=10.0))
+    assert plain.meta["privacy"] is None and not plain.meta["experts"]["private"]
+    assert plain.meta["experts"]["source"] == looser.meta["experts"]["source"] == "trained"
+    assert len({first.meta["experts"]["key"], plain.meta["experts"]["key"], looser.meta["experts"]["key"]}) == 3
+    assert looser.meta["privacy"]["noise_multiplier"] < p["noise_multiplier"]
+    # DP experts whose file lost its privacy record are corrupt: refused, never loaded without their cost
+    from safetensors.torch import load_file, save_file
+
+    save_file(load_file(file), file, metadata={k: v for k, v in first_header(file).items() if k != "privacy_record"})
+    with pytest.warns(UserWarning, match="without their privacy record"):
+        dp_mtt(tmp_path).distill(digits.train_images, digits.train_labels, 1, privacy=privacy, meta=digits_meta)
+
+
+def first_header(path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return dict(f.metadata())
+
+
+@pytest.mark.parametrize(("opts", "message"), [({"init": "real"}, "init='real'"),
+                                               ({"soft_labels": True}, "soft_labels under DP")])
+def test_dp_refuses_what_would_leak_real_data_in_one_line(digits, tmp_path, opts, message) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        dp_mtt(tmp_path, **opts).distill(digits.train_images, digits.train_labels, 1, privacy=PrivacyConfig(epsilon=1.0))
+    assert "\n" not in str(info.value) and list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(("opts", "message"), [
@@ -208,18 +252,17 @@ def test_divergence_ends_with_one_line(digits, digits_meta, tmp_path) -> None:
         eng.distill(digits.train_images, digits.train_labels, 2, meta=digits_meta)
 
 
-def test_cli_runs_mtt_with_tesla_and_refuses_dp(tmp_path, capsys) -> None:
-    out = tmp_path / "run"
+def test_cli_runs_mtt_with_tesla_with_and_without_dp(tmp_path) -> None:
     engine = [f"engine.{k}={v}" for k, v in MTT.items() if k != "iterations"]
     args = ["distill", "method=mtt", "ipc=1", "iterations=2", "engine.tesla=true", f"engine.cache_dir={tmp_path / 'c'}",
             "model_kwargs.width=8", "eval.models=1", "eval.epochs=2", "progress=false", "device=cpu", *engine]
+    out, private = tmp_path / "run", tmp_path / "dp"
     assert main([*args, f"out={out}"]) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["method"] == "mtt" and m["iterations"] == 2
-    never = tmp_path / "never"
-    assert main([*args, "privacy.epsilon=1", f"out={never}"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "DP-SGD experts are not implemented" in err[0] and not never.exists()
+    assert main([*args, "privacy.epsilon=1", f"out={private}"]) == 0
+    p = json.loads((private / "metrics.json").read_text())["privacy"]
+    assert 0.9 < p["epsilon"] <= 1.0 and p["steps"] > 2  # the experts' DP-SGD steps, not the 2 iterations
 
 
 def test_the_engine_reuses_experts_trained_by_the_python_api(digits, digits_meta, tmp_path) -> None:

@@ -164,9 +164,14 @@ def test_cli_reports_the_sequential_total_and_stops_at_the_budget(tmp_path, caps
 
 @pytest.mark.parametrize("method, opts", [("dm", {"iterations": 4, "batch_real": 32}),
                                           ("gm", {"iterations": 1, "batch_real": 16}),
-                                          ("dsa", {"iterations": 1, "batch_real": 16})])
-def test_release_epsilon_matches_dp_accounting(method, opts):
+                                          ("dsa", {"iterations": 1, "batch_real": 16}),
+                                          ("mtt", {"iterations": 1, "num_experts": 1, "train_epochs": 2,
+                                                   "max_start_epoch": 0, "expert_epochs": 1, "syn_steps": 2})])
+def test_release_epsilon_matches_dp_accounting(method, opts, tmp_path):
     from fedcl import create_distiller, load_dataset
+
+    if method == "mtt":  # its release is the DP-SGD training of its experts
+        opts = {**opts, "cache_dir": str(tmp_path)}
 
     data = load_dataset("digits")
     engine = create_distiller(method, model_kwargs={"width": 16}, device="cpu", seed=0, progress=False, **opts)

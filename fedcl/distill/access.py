@@ -130,6 +130,10 @@ class RealAccess:
         loss = F.cross_entropy(net(x), batch.labels)
         return [g.detach() for g in torch.autograd.grad(loss, params)]
 
+    def planned(self) -> dict[str, Any] | None:
+        """The release's planned privacy parameters, before any read (None: not private)."""
+        return None
+
     def record(self) -> dict[str, Any] | None:
         """The release's privacy record (None: not private)."""
         return None

@@ -172,6 +172,27 @@ class Distiller(ABC):
         """How many times a run reads each class through its access (DP: the mechanism's steps)."""
         return int(self.iterations)
 
+    def release_plan(self, class_counts: Sequence[int], ipc: int) -> tuple[float, int]:
+        """``(sample_rate, steps)`` of a private release on classes of these sizes (no data read).
+
+        The default samples ``batch_real`` images per class in expectation: the rate
+        ``batch_real * K / N`` (K classes, N examples; capped at 1), the same for every class, over
+        :meth:`release_steps` steps. An engine that reads real data on another schedule (``mtt``'s
+        DP-SGD experts) overrides it.
+        """
+        counts = [int(c) for c in class_counts if int(c) > 0]
+        q = min(1.0, self.batch_real * len(counts) / max(sum(counts), 1))
+        return q, self.release_steps(ipc)
+
+    @property
+    def release_seed(self) -> int:
+        """Seed of a private release's sampling and noise (the run's seed; ``mtt``: its experts')."""
+        return self.seed
+
+    def privacy_record(self, access: RealAccess) -> dict[str, Any] | None:
+        """The privacy record of the release this run returns: what its access spent (None: not private)."""
+        return access.record()
+
     def distill(self, images: torch.Tensor, labels: torch.Tensor, ipc: int, *, num_classes: int | None = None,
                 privacy: PrivacyPolicy | None = None, callback: Callback | None = None,
                 meta: dict[str, Any] | None = None) -> SyntheticSet:
@@ -239,7 +260,7 @@ class Distiller(ABC):
         if self.iterations:  # the soft labels' initialisation is counted in distill_seconds, not per iteration
             iterating = self.stats["distill_seconds"] - self.stats.get("label_seconds", 0.0)
             self.stats["seconds_per_iteration"] = iterating / self.iterations
-        return self.wrap(memory, num_classes, privacy_meta=access.record())
+        return self.wrap(memory, num_classes, privacy_meta=self.privacy_record(access))
 
     def label_logits(self, access: RealAccess, memory: Memory) -> torch.Tensor:
         """Logits of a network trained on the real data (through ``access``) on the decoded images."""

@@ -13,9 +13,14 @@ cannot be read, has the wrong shape or fails its content hash (corrupt) is train
 warning) or, with ``allow_training=False``, refused with one :class:`~fedcl.errors.DataError` line.
 Writes go to a temporary file that is renamed into place, so a failed run leaves nothing half-written.
 
-Privacy: the experts read real data through an exact :class:`~fedcl.distill.access.RealAccess`
-(plain minibatch gradients via :meth:`~fedcl.distill.access.RealAccess.mean_gradient`). They are
-not private, so trajectory matching refuses a privacy block (DP-SGD experts are not implemented).
+Privacy: the experts read real data only through the access they are handed
+(:meth:`~fedcl.distill.access.RealAccess.mean_gradient` of each step's batch). The exact access gives
+plain minibatch SGD; the private one (:class:`fedcl.privacy.access.PrivateAccess`) makes it DP-SGD:
+every step Poisson-samples the data, clips each example's gradient, adds Gaussian noise once and
+divides by the expected batch, and the accountant records the step, so the trajectories (and any
+set distilled from them) are one DP release over all experts' steps. A private set of experts is
+keyed by its privacy parameters too, and its file records what it spent (``privacy_record``), so a
+later run that loads it reports the same cost.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from fedcl.utils import progress as progress_bar
 from fedcl.utils import read_safetensors, resolve_device, save_safetensors
 
 __all__ = ["FORMAT", "ExpertSpec", "Experts", "data_hash", "default_cache_dir", "flatten_params", "load_experts",
-           "make_spec", "train_experts", "train_experts_on"]
+           "expert_batch", "make_spec", "steps_per_epoch", "train_experts", "train_experts_on"]
 
 #: file format (and version) of a trajectory file; a change makes every older file stale
 FORMAT = "fedcl.experts/1"
@@ -68,6 +73,11 @@ def data_hash(images: torch.Tensor, labels: torch.Tensor) -> str:
     return _sha256(images, labels)
 
 
+def steps_per_epoch(num_examples: int, batch_real: int, num_classes: int) -> int:
+    """SGD steps of one expert epoch: ``ceil(N / (batch_real * K))`` (at least 1)."""
+    return max(1, math.ceil(int(num_examples) / (int(batch_real) * int(num_classes))))
+
+
 def flatten_params(net: nn.Module) -> torch.Tensor:
     """Every parameter of ``net`` flattened into one vector, in ``named_parameters`` order."""
     return torch.cat([p.detach().reshape(-1) for p in net.parameters()])
@@ -87,6 +97,10 @@ class ExpertSpec:
         batch_real: real images per class in each SGD step (an epoch is ``ceil(N / (batch_real * K))`` steps).
         augmentation: the DSA strategy applied to every minibatch, or None.
         seed: drives the initialisations, the minibatches and the augmentation.
+        classes: the classes trained on.
+        privacy: None for experts trained without DP; for DP-SGD experts, the release's planned
+            parameters (noise multiplier, sample rate, steps, clipping bound, delta, accountant),
+            the mechanism's seed and whether it ran in secure mode.
     """
 
     dataset: str
@@ -103,10 +117,15 @@ class ExpertSpec:
     augmentation: str | None
     seed: int
     classes: tuple[int, ...] = field(default=())
+    privacy: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready settings (tuples as lists, so a round trip through JSON compares equal)."""
-        return json.loads(json.dumps(asdict(self), sort_keys=True))
+        """JSON-ready settings (tuples as lists, so a round trip through JSON compares equal); ``privacy``
+        appears only for DP experts, so the keys of non-DP experts are those of files written before it."""
+        d = json.loads(json.dumps(asdict(self), sort_keys=True))
+        if d["privacy"] is None:
+            del d["privacy"]
+        return d
 
     def settings_hash(self) -> str:
         """SHA-256 of the settings alone."""
@@ -152,10 +171,21 @@ class Experts:
         return self.trajectories[expert, epoch]
 
 
-def _header(spec: ExpertSpec, digest: str, traj: torch.Tensor) -> dict[str, str]:
-    return {"format": FORMAT, "key": spec.key(digest), "settings": json.dumps(spec.as_dict(), sort_keys=True),
-            "settings_hash": spec.settings_hash(), "data_hash": digest, "trajectories_hash": _sha256(traj),
-            "shape": json.dumps(list(traj.shape))}
+#: header entries holding JSON
+_JSON = ("settings", "shape", "privacy_record")
+
+
+def _header(spec: ExpertSpec, digest: str, traj: torch.Tensor, record: dict[str, Any] | None) -> dict[str, str]:
+    header = {"format": FORMAT, "key": spec.key(digest), "settings": json.dumps(spec.as_dict(), sort_keys=True),
+              "settings_hash": spec.settings_hash(), "data_hash": digest, "trajectories_hash": _sha256(traj),
+              "shape": json.dumps(list(traj.shape))}
+    if record is not None:
+        header["privacy_record"] = json.dumps(record, sort_keys=True)
+    return header
+
+
+def _meta(header: dict[str, str]) -> dict[str, Any]:
+    return {k: (json.loads(v) if k in _JSON else v) for k, v in header.items()}
 
 
 def _save(path: Path, traj: torch.Tensor, header: dict[str, str]) -> None:
@@ -190,23 +220,29 @@ def load_experts(path: str | os.PathLike[str], spec: ExpertSpec, digest: str, nu
         raise DataError(f"{path}: trajectories are {traj.dtype} {tuple(traj.shape)}, expected float32 {want}")
     if _sha256(traj) != header.get("trajectories_hash"):
         raise DataError(f"{path}: trajectories fail their content hash (corrupt file)")
-    meta = {k: (json.loads(v) if k in ("settings", "shape") else v) for k, v in header.items()}
+    if spec.privacy is not None and "privacy_record" not in header:
+        raise DataError(f"{path}: DP expert trajectories without their privacy record (corrupt file)")
+    try:
+        meta = _meta(header)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: unreadable header entry ({exc}) (corrupt file)") from None
     return Experts(traj, meta, path, "cache")
 
 
-def _train(real: ClassData, spec: ExpertSpec, device: torch.device, show: bool) -> torch.Tensor:
-    """Train the experts through an exact access; return their trajectories (CPU float32)."""
+def _train(real: ClassData, spec: ExpertSpec, device: torch.device, show: bool,
+           access: RealAccess | None = None) -> torch.Tensor:
+    """Train the experts through ``access`` (default: an exact one); return their trajectories (CPU float32)."""
     classes = list(spec.classes)
     gen = torch.Generator().manual_seed(spec.seed)
-    access = RealAccess(real, classes, spec.batch_real, gen)
+    access = access if access is not None else RealAccess(real, classes, spec.batch_real, gen)
     aug = DSA(spec.augmentation) if spec.augmentation else None
     transform = (lambda x: aug.random(x, gen)) if aug is not None else None
-    n = int(sum(int(real.counts[c]) for c in classes))
-    steps = max(1, math.ceil(n / (spec.batch_real * len(classes))))
+    steps = steps_per_epoch(sum(int(real.counts[c]) for c in classes), spec.batch_real, len(classes))
     out = []
-    for e in progress_bar(range(spec.num_experts), desc=f"experts {spec.dataset}", enabled=show):
+    for e in progress_bar(range(spec.num_experts), desc=f"{access.prefix}experts {spec.dataset}", enabled=show):
         torch.manual_seed(spec.seed * 100_003 + e)  # the expert's initialisation
         net = create_model(spec.model, spec.in_shape, spec.num_classes, **spec.model_kwargs).to(device)
+        net = access.network(net, first=e == 0)
         net.train()
         params = list(net.parameters())
         velocity = [torch.zeros_like(p) for p in params] if spec.momentum else None
@@ -231,8 +267,16 @@ def _train(real: ClassData, spec: ExpertSpec, device: torch.device, show: bool) 
 
 def train_experts_on(real: ClassData, spec: ExpertSpec, *, device: str | torch.device = "auto",
                      cache_dir: str | os.PathLike[str] | None = None, allow_training: bool = True,
-                     progress: bool = False) -> Experts:
-    """Load the experts of ``spec`` on ``real`` from the cache, or train and cache them (see :func:`train_experts`)."""
+                     progress: bool = False, access: RealAccess | None = None) -> Experts:
+    """Load the experts of ``spec`` on ``real`` from the cache, or train and cache them (see :func:`train_experts`).
+
+    ``access`` is the door to ``real`` for training (default: an exact one). A private access trains
+    DP-SGD experts; ``spec.privacy`` must then describe its release (it keys the cache), and the
+    file records what the access spent.
+    """
+    private = access is not None and access.private
+    if private != (spec.privacy is not None):
+        raise ConfigError("DP-SGD experts need both a private access and a spec with its privacy parameters")
     digest = data_hash(real.images, real.labels)
     path = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = path / spec.file_name(digest)
@@ -248,11 +292,10 @@ def train_experts_on(real: ClassData, spec: ExpertSpec, *, device: str | torch.d
     elif not allow_training:
         raise DataError(f"no cached expert trajectories at {path} and training them is not allowed")
     with torch.random.fork_rng(devices=[]):  # training leaves the caller's global RNG where it was
-        traj = _train(real, spec, resolve_device(device), progress)
-    header = _header(spec, digest, traj)
+        traj = _train(real, spec, resolve_device(device), progress, access)
+    header = _header(spec, digest, traj, access.record() if private else None)
     _save(path, traj, header)
-    meta = {k: (json.loads(v) if k in ("settings", "shape") else v) for k, v in header.items()}
-    return Experts(traj, meta, path, "trained")
+    return Experts(traj, _meta(header), path, "trained")
 
 
 def train_experts(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int | None = None,
@@ -304,7 +347,7 @@ def train_experts(images: torch.Tensor, labels: torch.Tensor, *, num_classes: in
 def make_spec(*, dataset: str, model: str, model_kwargs: dict[str, Any] | None, in_shape: tuple[int, ...],
               num_classes: int, classes: Sequence[int], num_experts: int, epochs: int, lr: float, momentum: float,
               weight_decay: float, batch_real: int | None, dsa: bool, dsa_strategy: str | None,
-              seed: int) -> ExpertSpec:
+              seed: int, privacy: dict[str, Any] | None = None) -> ExpertSpec:
     """A validated :class:`ExpertSpec` (ConfigError on a setting out of range)."""
     if num_experts < 1 or epochs < 1:
         raise ConfigError(f"experts need num_experts >= 1 and epochs >= 1, got {num_experts} and {epochs}")
@@ -312,7 +355,7 @@ def make_spec(*, dataset: str, model: str, model_kwargs: dict[str, Any] | None, 
         raise ConfigError(f"expert SGD needs lr > 0, momentum >= 0, weight_decay >= 0; got {lr}, {momentum}, {weight_decay}")
     if not classes:
         raise ConfigError("experts need at least one class with examples")
-    batch = int(batch_real) if batch_real is not None else max(1, 256 // len(classes))
+    batch = expert_batch(batch_real, len(classes))
     if batch < 1:
         raise ConfigError(f"batch_real must be at least 1, got {batch_real}")
     augmentation = (dsa_strategy or default_strategy(dataset)) if dsa else None
@@ -322,4 +365,9 @@ def make_spec(*, dataset: str, model: str, model_kwargs: dict[str, Any] | None, 
                       in_shape=tuple(int(s) for s in in_shape), num_classes=int(num_classes),
                       num_experts=int(num_experts), epochs=int(epochs), lr=float(lr), momentum=float(momentum),
                       weight_decay=float(weight_decay), batch_real=batch, augmentation=augmentation,
-                      seed=int(seed), classes=tuple(int(c) for c in classes))
+                      seed=int(seed), classes=tuple(int(c) for c in classes), privacy=privacy)
+
+
+def expert_batch(batch_real: int | None, num_classes: int) -> int:
+    """Real images per class in an expert's SGD step: ``batch_real``, or 256 in all when it is None."""
+    return int(batch_real) if batch_real is not None else max(1, 256 // int(num_classes))

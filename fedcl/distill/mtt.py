@@ -15,7 +15,14 @@ step's graph at a time and carrying the adjoint ``a_t = a_{t+1} − α H_t a_{t+
 Hessian-vector product per step), so the graph in memory is one step's, whatever ``syn_steps``.
 (TESLA's published code drops the Hessian term; this keeps it, so the two modes agree exactly.)
 
-Privacy: the experts are trained on real data without DP, so a privacy block is refused.
+Privacy: the experts are the only part that reads real data (the student steps and the loss see
+the synthetic set and the expert parameters only). Under a privacy block they are trained with
+DP-SGD through the run's private access (:mod:`fedcl.distill.experts`): the release is the experts'
+training, ``num_experts * train_epochs`` epochs of Poisson-sampled steps at rate
+``batch_real * K / N``, calibrated to ``privacy.epsilon`` and recorded step by step; the synthetic
+set is post-processing of the noisy trajectories, and starts from noise. Cached DP experts are
+keyed by their privacy parameters and seed (``expert_seed``), and a run that loads them reports
+what their training spent. Soft labels are refused under DP (as for every engine).
 """
 
 from __future__ import annotations
@@ -32,9 +39,8 @@ from torch.func import functional_call
 from fedcl.distill.access import RealAccess
 from fedcl.distill.augment import DSA, DSAParams, default_strategy
 from fedcl.distill.base import Callback, Distiller, register_distiller
-from fedcl.distill.experts import Experts, make_spec, train_experts_on
+from fedcl.distill.experts import Experts, expert_batch, make_spec, steps_per_epoch, train_experts_on
 from fedcl.distill.memory import Memory
-from fedcl.distill.synthetic import SyntheticSet
 from fedcl.errors import ConfigError
 from fedcl.utils import progress
 
@@ -145,7 +151,8 @@ class TrajectoryMatching(Distiller):
     """Matching training trajectories (MTT), with a learned student step size.
 
     Defaults suit MNIST-scale data on a CPU (the reference trains 100 experts for 50 epochs
-    and runs 5,000 iterations on a GPU).
+    and runs 5,000 iterations on a GPU). Under DP every expert step is a step of the release, so
+    fewer experts and epochs mean less noise per step at the same epsilon.
 
     Args:
         iterations: outer iterations (one expert segment each).
@@ -166,12 +173,13 @@ class TrajectoryMatching(Distiller):
         dsa_strategy: DSA operations; None picks the dataset's reference strategy.
         tesla: TESLA's gradient: the same meta-gradient with one step's graph in memory.
         expert_seed: seed of the experts (separate from ``seed``, so distillation runs with
-            different seeds share one cached set of experts).
+            different seeds share one cached set of experts); under DP it also seeds their sampling
+            and noise.
         cache_dir: the expert cache; None: ``$FEDCL_CACHE/experts`` or ``~/.cache/fedcl/experts``.
         **kwargs: see :class:`Distiller` (model, model_kwargs, init, device, seed, progress).
     """
 
-    supports_privacy = False
+    supports_privacy = True
 
     def __init__(self, *, iterations: int = 500, syn_steps: int = 20, expert_epochs: int = 2,
                  max_start_epoch: int = 10, num_experts: int = 5, train_epochs: int = 15, lr_img: float = 100.0,
@@ -202,24 +210,39 @@ class TrajectoryMatching(Distiller):
         self.expert_seed, self.cache_dir = int(expert_seed), cache_dir
         self.experts: Experts | None = None
 
-    def distill(self, images: torch.Tensor, labels: torch.Tensor, ipc: int, *, privacy: Any = None,
-                **kwargs: Any) -> SyntheticSet:
-        """See :meth:`Distiller.distill`; a privacy block is refused (the experts would not be private)."""
-        if privacy is not None and privacy.enabled:
-            raise ConfigError("method 'mtt' cannot run under a privacy block yet: its expert trajectories are "
-                              "trained on the real data without DP (DP-SGD experts are not implemented); "
-                              "drop the privacy block or use dm, gm or dsa for a DP release")
-        return super().distill(images, labels, ipc, privacy=privacy, **kwargs)
+    def release_plan(self, class_counts: Sequence[int], ipc: int) -> tuple[float, int]:
+        """The DP-SGD experts' schedule: rate ``batch_real * K / N`` (capped at 1), and every step of
+        every expert: ``num_experts * train_epochs * ceil(N / (batch_real * K))``."""
+        counts = [int(c) for c in class_counts if int(c) > 0]
+        n, k = sum(counts), len(counts)
+        batch = expert_batch(self.expert_batch_real, k)
+        return min(1.0, batch * k / max(n, 1)), self.num_experts * self.train_epochs * steps_per_epoch(n, batch, k)
+
+    @property
+    def release_seed(self) -> int:
+        """DP experts are sampled and noised from ``expert_seed``, so runs with other seeds share them."""
+        return self.expert_seed
+
+    def privacy_record(self, access: RealAccess) -> dict[str, Any] | None:
+        """What the experts' training spent (recorded in their file, so loading them reports it too)."""
+        if not access.private:
+            return None
+        assert self.experts is not None
+        return dict(self.experts.meta["privacy_record"])
 
     def load_experts(self, access: RealAccess, classes: list[int]) -> Experts:
-        """The experts for this run's data and settings: from the cache, or trained (and cached) now."""
+        """The experts for this run's data and settings: from the cache, or trained (and cached) now,
+        with DP-SGD through ``access`` when it is private."""
         real = access.real
+        planned = access.planned()
+        privacy = None if planned is None else {**planned, "seed": self.release_seed}
         spec = make_spec(dataset=self._meta.get("dataset", ""), model=self.model, model_kwargs=self.model_kwargs,
                          in_shape=tuple(real.images.shape[1:]), num_classes=real.num_classes, classes=classes,
                          num_experts=self.num_experts, epochs=self.train_epochs, lr=self.lr_teacher, momentum=0.0,
                          weight_decay=0.0, batch_real=self.expert_batch_real, dsa=self.dsa, dsa_strategy=self.dsa_strategy,
-                         seed=self.expert_seed)
-        return train_experts_on(real, spec, device=self.device, cache_dir=self.cache_dir, progress=self.progress)
+                         seed=self.expert_seed, privacy=privacy)
+        return train_experts_on(real, spec, device=self.device, cache_dir=self.cache_dir, progress=self.progress,
+                                access=access if access.private else None)
 
     def _distill(self, access: RealAccess, memory: Memory, classes: list[int], gen: torch.Generator,
                  callback: Callback | None) -> None:
@@ -227,9 +250,11 @@ class TrajectoryMatching(Distiller):
         experts = self.experts = self.load_experts(access, classes)
         self.stats["experts_seconds"] = time.perf_counter() - t0
         self._meta["experts"] = {"file": experts.path.name, "key": experts.meta["key"], "source": experts.source,
-                                 "num_experts": experts.num_experts, "epochs": experts.epochs}
+                                 "num_experts": experts.num_experts, "epochs": experts.epochs,
+                                 "private": access.private}
         num_classes = access.real.num_classes
-        net = self.make_network(memory.image_shape, num_classes)
+        # the student has the experts' architecture (under DP, as the private access made it)
+        net = access.network(self.make_network(memory.image_shape, num_classes))
         aug = DSA(self.dsa_strategy or default_strategy(self._meta.get("dataset", ""))) if self.dsa else None
 
         def augment(x: torch.Tensor, p: DSAParams) -> torch.Tensor:

@@ -42,18 +42,18 @@ __all__ = ["PrivateAccess", "plan_release"]
 def plan_release(engine: Distiller, class_counts: Sequence[int], ipc: int, privacy: PrivacyConfig) -> DPParams:
     """The DP parameters ``engine`` will use on data with these class sizes (no data touched).
 
-    The default sample rate is ``batch_real * K / N`` (K classes, N examples; capped at 1),
-    the same for every class, so each class's expected batch is ``q * N_c`` (``batch_real``
-    for balanced classes). Steps are :meth:`~fedcl.distill.Distiller.release_steps`
-    (``iterations``; times ``outer_loop`` for gm/dsa).
+    The sample rate and the steps are the engine's :meth:`~fedcl.distill.Distiller.release_plan`:
+    by default ``batch_real * K / N`` (K classes, N examples; capped at 1), the same for every
+    class, so each class's expected batch is ``q * N_c`` (``batch_real`` for balanced classes),
+    over :meth:`~fedcl.distill.Distiller.release_steps` steps (``iterations``; times
+    ``outer_loop`` for gm/dsa; ``mtt``: every SGD step of its experts).
 
     Raises:
         PrivacyError: invalid privacy block, or a budget that cannot be reached.
     """
     counts = [int(c) for c in class_counts if int(c) > 0]
-    n = sum(counts)
-    q = min(1.0, getattr(engine, "batch_real", 256) * len(counts) / max(n, 1))
-    return resolve_privacy(privacy, sample_rate=q, steps=engine.release_steps(ipc), num_examples=n)
+    q, steps = engine.release_plan(counts, ipc)
+    return resolve_privacy(privacy, sample_rate=q, steps=steps, num_examples=sum(counts))
 
 
 def _sum_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -82,7 +82,8 @@ class PrivateAccess(RealAccess):
         super().__init__(real, classes, getattr(engine, "batch_real", 256), torch.Generator())
         counts = real.counts[torch.tensor(self.classes)]
         self.params = plan_release(engine, counts.tolist(), ipc, privacy)
-        self.mech = GaussianMechanism(self.params, seed=engine.seed, secure_mode=privacy.secure_mode)
+        self.mech = GaussianMechanism(self.params, seed=engine.release_seed, secure_mode=privacy.secure_mode)
+        self.secure_mode = bool(privacy.secure_mode)
         self.normalize = bool(privacy.normalize)
         self.centred = bool(privacy.center)
         self.replay = int(privacy.replay)
@@ -139,12 +140,17 @@ class PrivateAccess(RealAccess):
 
     def mean_gradient(self, batch: RealBatch, net: nn.Module, params: list[nn.Parameter],
                       transform: Transform | None = None) -> list[torch.Tensor]:
-        """DP-SGD gradient of one class's batch: per-sample gradients clipped, summed, noised, / (q * N_c)."""
-        if len(batch.classes) != 1:
-            raise PrivacyError("a private mean gradient is released per class: draw the batch of one class")
+        """DP-SGD gradient of the batch: per-sample gradients clipped, summed, noised once, divided by the
+        batch's expected size (``q * N_c`` for one class, as gm/dsa draw; ``q`` times the examples of
+        all its classes for a batch of several, as DP-SGD experts draw). Each example is in at most one
+        read per step, so either way a step costs it one subsampled Gaussian step."""
         x = transform(batch.images) if transform is not None and len(batch.images) else batch.images
-        expected = float(self.expected[self.classes.index(batch.classes[0])])
+        expected = float(sum(float(self.expected[self.classes.index(c)]) for c in batch.classes))
         return self.mech.private_gradient(net, params, _sum_ce, x, batch.labels, expected)
+
+    def planned(self) -> dict[str, Any]:
+        """The planned parameters (calibrated before any read) and whether the noise is secure-mode."""
+        return {**self.params.as_dict(), "secure_mode": self.secure_mode}
 
     def record(self) -> dict[str, Any]:
         """The release's privacy record: its parameters with the steps taken and the epsilon spent,

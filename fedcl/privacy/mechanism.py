@@ -193,7 +193,9 @@ class GaussianMechanism:
             # zeros for convs after the first one (tested in test_privacy_mechanism.py)
             gsm = GradSampleModule(net, loss_reduction="sum", force_functorch=True)
             try:
-                loss_fn(gsm(x), y).backward()
+                with warnings.catch_warnings():  # torch's note that the first layer's input needs no gradient
+                    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                    loss_fn(gsm(x), y).backward()
                 flat = torch.cat([p.grad_sample.reshape(len(x), -1) for p in params], dim=1)
             finally:
                 gsm._close()  # removes the hooks and the grad_sample attributes

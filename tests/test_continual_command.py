@@ -57,6 +57,13 @@ def test_same_learner_baselines_and_gain_column(tmp_path):
     assert m["distilled_herding"]["runs"][0]["memory_class_counts"] == {str(c): 1 for c in range(10)}
     table = (out / "results.md").read_text()
     assert "gain over selection" in table and f"(vs {best})" in table
+    # with distill.param_selections the baseline stores its picks the same way: 4 downsampled real images each
+    tiled = tmp_path / "tiled"
+    assert main(["benchmark=split_digits", "strategies=[distilled_herding]", "mem_size=10", "distill.param=idc",
+                 "distill.param_selections=true", f"out={tiled}", *TINY]) == 0
+    run = json.loads((tiled / "metrics.json").read_text())["strategies"]["distilled_herding"]["runs"][0]
+    assert run["memory_class_counts"] == {str(c): 4 for c in range(10)}
+    assert run["memory_class_budgets"] == {str(c): 1 for c in range(10)}
 
 
 @pytest.mark.parametrize("args, error, match", [
@@ -71,6 +78,8 @@ def test_same_learner_baselines_and_gain_column(tmp_path):
     (["mem_size=20", "distill.param=haba"], ConfigError, "haba"),
     (["strategies=[distilled_dp]", "privacy.epsilon=1", "distill.soft_labels=true"], ConfigError, "soft labels"),
     (["distill.shrink=cut"], ConfigError, "distill.shrink"),
+    (["strategies=[distilled_random]", "mem_size=100", "distill.param=haba", "distill.param_selections=true"],
+     ConfigError, "selects real images"),
     (["eval.split=val"], ConfigError, "data.val_fraction"),
     (["eval.split=train", "data.val_fraction=0.2"], ConfigError, "eval.split"),
 ])

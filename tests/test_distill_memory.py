@@ -116,8 +116,8 @@ def test_soft_labels_are_learned_stored_and_used(method: str, digits, tmp_path) 
 def test_soft_labels_refused_where_they_cannot_apply(digits) -> None:
     with pytest.raises(ConfigError, match="selects real images"):
         create_distiller("herding", soft_labels=True)
-    with pytest.raises(ConfigError, match="selects real images"):
-        create_distiller("random", param="idc")
+    with pytest.raises(ConfigError, match="selects real images: it stores them as param idc or images"):
+        create_distiller("random", param="haba")
     engine = create_distiller("dm", soft_labels=True, iterations=1, **TINY)
     with pytest.raises(ConfigError, match="soft_labels under DP"):
         engine.distill(digits.train_images, digits.train_labels, 1, privacy=PrivacyConfig(epsilon=1.0))
@@ -135,3 +135,19 @@ def test_version_one_files_still_load_and_bad_memories_are_refused(tmp_path) -> 
               metadata={"format": "fedcl.synthetic/2", "num_classes": "2", "meta": json.dumps({"memory": desc})})
     with pytest.raises(DataError, match="has shape"):
         SyntheticSet.load(tmp_path / "bad.safetensors")
+
+
+@pytest.mark.parametrize("method", ["random", "herding"])
+def test_a_selection_fills_an_idc_memory_with_downsampled_real_images(digits, method) -> None:
+    import torch.nn.functional as F
+
+    opts = {"device": "cpu", "progress": False, "model_kwargs": {"width": 8}, "seed": 1}
+    x, y = digits.train_images, digits.train_labels
+    plain = create_distiller(method, **opts).distill(x, y, 4)
+    tiled = create_distiller(method, param="idc", param_kwargs={"factor": 2}, **opts).distill(x, y, 1)
+    # one stored image per class, four decoded: the same four picks, each down- and upsampled
+    assert tiled.memory.stored()["images"].shape == (10, 1, 8, 8) and tiled.images.shape == plain.images.shape
+    small = F.interpolate(plain.images, size=(4, 4), mode="bilinear", align_corners=False)
+    expected = F.interpolate(small, size=(8, 8), mode="bilinear", align_corners=False)
+    assert torch.allclose(tiled.images, expected, atol=1e-5)
+    assert torch.equal(tiled.labels, plain.labels)

@@ -79,7 +79,7 @@ def test_numbers_are_converted_only_where_nothing_is_lost() -> None:
     ({"param": "pixels"}, "unknown param 'pixels'"),
     ({"param-kwargs": "{factor: 2}"}, "'param-kwargs': not a JSON object"),
     ({"param-kwargs": "[2]"}, "'param-kwargs': a JSON object"),
-    ({"method": "herding", "param": "idc"}, "selects real images"),
+    ({"method": "herding", "param": "haba"}, "selects real images"),
     ({"soft-labels": "true", "privacy.epsilon": 1.0, "strategies": "oneshot"}, "soft_labels under DP"),
     ({"data.eval-split": "val"}, "eval.split=val needs a validation split"),
     ({"data.eval-split": "train"}, "eval.split"),

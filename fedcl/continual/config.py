@@ -42,8 +42,11 @@ class MemoryDistillConfig:
         engine: further options passed to the engine of the synthesising strategies (e.g. ``{dsa: false}``).
         param: how the memory is stored: ``images`` (free pixels), ``idc`` (multi-formation) or ``haba``
             (bases and hallucinators); with a parameterisation ``mem_size`` is a storage budget in images'
-            worth and decodes to more images. Selection strategies always store images.
+            worth and decodes to more images. Selection strategies store images unless ``param_selections``.
         param_kwargs: options of the parameterisation, e.g. ``{factor: 2}`` for idc, ``{hallucinators: 5}`` for haba.
+        param_selections: the selection baselines (``distilled_random``, ``distilled_herding``) store their real
+            images in ``param`` too (idc: ``factor**2`` downsampled real images per stored image), so that a
+            comparison separates what the parameterisation adds from what distillation adds (images or idc only).
         soft_labels: learn soft labels with the images (not with selection or under DP); the fresh-model learner
             trains on them, replay on their most likely class.
         shrink: how old classes shrink to a smaller share: ``subsample`` or ``redistill`` (selections always subsample).
@@ -59,6 +62,7 @@ class MemoryDistillConfig:
     engine: dict[str, Any] = field(default_factory=dict)
     param: str = "images"
     param_kwargs: dict[str, Any] = field(default_factory=dict)
+    param_selections: bool = False
     soft_labels: bool = False
     shrink: str = "redistill"
     gdumb: bool = True

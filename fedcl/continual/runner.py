@@ -113,11 +113,13 @@ def _synthesises(method: str) -> bool:
 
 def distiller_kwargs(cfg: ContinualConfig, method: str, device: str) -> dict[str, Any]:
     """The engine options of a distilled strategy: a selection engine takes only the network and device
-    (it stores real images: no parameterisation, no soft labels, same budget)."""
+    (it stores real images at the same budget, no soft labels), and the parameterisation with
+    ``distill.param_selections``."""
     d = cfg.distill
     model_kwargs = dict(d.model_kwargs) or dict(cfg.model_kwargs)
     if not _synthesises(method):
-        return {"model_kwargs": model_kwargs, "device": device}
+        param = {"param": d.param, "param_kwargs": dict(d.param_kwargs)} if d.param_selections else {}
+        return {"model_kwargs": model_kwargs, "device": device, **param}
     return {"iterations": d.iterations, "lr_img": d.lr_img, "batch_real": d.batch_real, "model_kwargs": model_kwargs,
             "device": device, "param": d.param, "param_kwargs": dict(d.param_kwargs), "soft_labels": d.soft_labels,
             **dict(d.engine)}

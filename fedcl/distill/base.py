@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from fedcl.distill.access import PrivacyPolicy, RealAccess
-from fedcl.distill.memory import Memory, create_memory, memory_class
+from fedcl.distill.memory import Memory, create_memory, list_memories, memory_class
 from fedcl.distill.synthetic import SyntheticSet
 from fedcl.errors import ConfigError
 from fedcl.models import create_model
@@ -146,10 +146,12 @@ class Distiller(ABC):
                  soft_label_steps: int = 100) -> None:
         if init not in (None, "real", "noise"):
             raise ConfigError(f"init must be 'real' or 'noise' (or unset), got {init!r}")
-        memory_class(param)  # an unknown name fails here, listing the valid ones
-        if not self.synthesises and (param != "images" or soft_labels):
-            raise ConfigError(f"method {self.name!r} selects real images: it takes neither param={param!r} other than "
-                              f"'images' nor soft_labels; use a matching engine (dm, gm, dsa, ...)")
+        memory = memory_class(param)  # an unknown name fails here, listing the valid ones
+        if not self.synthesises and (not memory.holds_selections or soft_labels):
+            holders = [n for n in list_memories() if memory_class(n).holds_selections]
+            raise ConfigError(f"method {self.name!r} selects real images: it stores them as param "
+                              f"{' or '.join(holders)} (not {param!r}) and learns no soft_labels; use a matching "
+                              f"engine (dm, gm, dsa, ...) for those")
         self.param, self.param_kwargs = param, dict(param_kwargs or {})
         self.soft_labels, self.lr_label, self.soft_label_steps = bool(soft_labels), float(lr_label), int(soft_label_steps)
         self.model = model

@@ -6,7 +6,8 @@ it matches the decoded images and the gradients flow to the stored tensors.
 
 - ``images``: free pixels, one stored image per decoded image (the default).
 - ``idc``: multi-formation (Kim et al., ICML 2022): each stored image holds ``factor**2``
-  tiles of ``1/factor`` the size, each upsampled to a full image.
+  tiles of ``1/factor`` the size, each upsampled to a full image. Selection engines can fill it
+  too (each tile a downsampled selected real image).
 - ``haba``: bases and hallucinators (Liu et al., NeurIPS 2022): per class some stored bases,
   plus a few small convolutional hallucinators shared by all classes; every hallucinator is
   applied to every basis.
@@ -73,6 +74,9 @@ class Memory(nn.Module):
     """
 
     name: ClassVar[str] = ""
+    #: whether a selection of real images can fill it, each decoded image one selected real image
+    #: (``images``: as it is; ``idc``: downsampled into a tile), so selection engines can store into it
+    holds_selections: ClassVar[bool] = False
 
     def __init__(self, classes: list[int], ipc: int, image_shape: tuple[int, ...]) -> None:
         super().__init__()
@@ -160,6 +164,8 @@ class Memory(nn.Module):
 class ImageMemory(Memory):
     """Free pixels: ``ipc`` stored images per class, decoded as themselves."""
 
+    holds_selections = True
+
     def __init__(self, classes: list[int], ipc: int, image_shape: tuple[int, ...]) -> None:
         super().__init__(classes, ipc, image_shape)
         self.images = nn.Parameter(torch.zeros(len(classes) * ipc, *self.image_shape))
@@ -181,7 +187,12 @@ class IDCMemory(Memory):
 
     Args:
         factor: tiles per side (2 in the IDC paper); must divide the image height and width.
+
+    A selection engine fills it with ``ipc * factor**2`` selected real images per class, each
+    downsampled into one tile: the baseline that tells what distillation adds beyond the format.
     """
+
+    holds_selections = True
 
     def __init__(self, classes: list[int], ipc: int, image_shape: tuple[int, ...], factor: int = 2) -> None:
         super().__init__(classes, ipc, image_shape)

@@ -81,7 +81,8 @@ class _Selection(Distiller):
                  callback: Callback | None) -> None:
         # selection returns real images, so it reads the data itself (and can never be private)
         real = access.real
-        ipc = memory.per_class
+        # one pick per decoded image (idc: factor**2 per stored image), cycled for a class smaller than that
+        ipc = min(memory.per_class, min(int(real.counts[c]) for c in classes))
         feats = self._embed(real, gen)
         picks = [real.indices(c)[self.pick(feats[real.indices(c)], ipc)] for c in classes]
         memory.init_from_images(real.images[torch.cat(picks).to(real.device)])

@@ -50,6 +50,8 @@ def test_auc_standard_error_matches_the_spread_of_null_audits():
     ({"audit_members": 0}, ConfigError),
     ({"privacy": PrivacyConfig(delta=2.0)}, PrivacyError),
     ({"privacy": PrivacyConfig(max_grad_norm=0.0)}, PrivacyError),
+    ({"methods": ["dm"], "engine": {"mtt": {"num_experts": 1}}}, ConfigError),
+    ({"methods": ["dm", "dpsgd"], "engine": {"dpsgd": {"lr": 1}}}, ConfigError),
 ])
 def test_bad_sweep_configs(over, err):
     with pytest.raises(err):
@@ -108,3 +110,21 @@ def test_sweep_with_real_reference_and_pipeline_shadows(tmp_path):
     for r in rows:
         assert 0.0 <= r["lira_auc"] <= 1.0 and 0.0 < r["lira_auc_se"] < 0.2
     assert "± " in (out / "audit.md").read_text()
+
+
+def test_engine_options_reach_the_engine_dp_mtt(tmp_path):
+    from fedcl.distill.experts import steps_per_epoch
+
+    out = tmp_path / "run"
+    mtt = {"num_experts": 1, "train_epochs": 2, "max_start_epoch": 0, "expert_epochs": 1, "syn_steps": 2,
+           "cache_dir": str(tmp_path / "experts")}
+    rc = main([f"out={out}", "epsilons=[4.0]", "nodp=false", "methods=[mtt]", "iterations=2", "width=8", "ipc=1",
+               "eval.models=1", "eval.epochs=2", "audit=false", "device=cpu", "batch_real=16",
+               *[f"engine.mtt.{k}={v}" for k, v in mtt.items()]])
+    assert rc == 0
+    (row,) = json.loads((out / "metrics.json").read_text())["rows"]
+    from fedcl.data import load_dataset
+
+    n = len(load_dataset("digits").train_labels)
+    assert row["privacy"]["steps"] == 1 * 2 * steps_per_epoch(n, 16, 10)  # one expert, two DP-SGD epochs
+    assert row["privacy"]["epsilon"] <= 4.0 and (tmp_path / "experts").is_dir()

@@ -57,6 +57,8 @@ class SweepConfig:
         dp_lr_img: dm image learning rate under DP.
         param: how the distilled releases store their images (``images``, ``idc``, ``haba``).
         param_kwargs: options of ``param`` (e.g. ``param_kwargs.factor=2`` for idc).
+        engine: per-method engine options over the sweep's own, e.g. ``engine.mtt.num_experts=2`` (any engine
+            other than dm, gm and dsa runs ``iterations`` iterations with its defaults and these).
         dpsgd_epochs: DP-SGD training epochs.
         dpsgd_batch_size: DP-SGD expected batch size.
         dpsgd_lr: DP-SGD learning rate.
@@ -89,6 +91,7 @@ class SweepConfig:
     dp_lr_img: float = 100.0
     param: str = "images"
     param_kwargs: dict[str, Any] = field(default_factory=dict)
+    engine: dict[str, dict[str, Any]] = field(default_factory=dict)
     dpsgd_epochs: int = 15
     dpsgd_batch_size: int = 64
     dpsgd_lr: float = 0.1
@@ -115,6 +118,10 @@ def _validate(cfg: SweepConfig, num_examples: int | None = None) -> None:
     for m in cfg.methods:
         if m not in BASELINES and m not in list_distillers():
             raise ConfigError(f"unknown method {m!r}; valid: {', '.join(BASELINES)}, {', '.join(list_distillers())}")
+    for m, opts in cfg.engine.items():
+        if m not in cfg.methods or m in BASELINES or not isinstance(opts, dict):
+            raise ConfigError(f"engine.{m}: engine options are given per distillation method of the sweep "
+                              f"({', '.join(x for x in cfg.methods if x not in BASELINES)}), e.g. engine.mtt.num_experts=2")
     if any(e <= 0 for e in cfg.epsilons):
         raise PrivacyError(f"every epsilon must be > 0, got {cfg.epsilons}")
     if cfg.privacy.epsilon is not None or cfg.privacy.noise_multiplier is not None:
@@ -173,12 +180,12 @@ def _release(cfg: SweepConfig, method: str, eps: float | None, seed: int, data: 
         return [res.model], [acc], res.privacy.as_dict() if res.privacy else None, time.perf_counter() - t0
     kw: dict[str, Any] = {"model": cfg.model, "model_kwargs": {"width": cfg.width}, "seed": seed, "device": dev,
                           "progress": cfg.progress, "init": "noise" if priv else "real", "batch_real": cfg.batch_real,
-                          "iterations": cfg.iterations if method == "dm" else cfg.gm_iterations,
-                          "param": cfg.param, "param_kwargs": dict(cfg.param_kwargs)}
+                          "iterations": cfg.iterations, "param": cfg.param, "param_kwargs": dict(cfg.param_kwargs)}
     if method == "dm":
         kw["lr_img"] = cfg.dp_lr_img if priv else cfg.lr_img
-    else:
-        kw.update(outer_loop=cfg.gm_outer_loop, inner_loop=cfg.gm_inner_loop)
+    elif method in ("gm", "dsa"):
+        kw.update(iterations=cfg.gm_iterations, outer_loop=cfg.gm_outer_loop, inner_loop=cfg.gm_inner_loop)
+    kw.update(cfg.engine.get(method, {}))
     syn = create_distiller(method, **kw).distill(
         *train, cfg.ipc, num_classes=data.num_classes, privacy=priv,
         meta={"dataset": data.name, "mean": list(data.mean), "std": list(data.std)})

@@ -1,4 +1,4 @@
-"""DP utility at epsilon 1 and 10: DP dm, DP dsa and DP-SGD, each tuned on validation data only.
+"""DP utility at epsilon 1 and 10: DP dm, DP dsa, DP mtt (DP-SGD experts) and DP-SGD, each tuned on validation data only.
 
 For one dataset (MNIST-6k or Fashion-MNIST), this runs ``fedcl privacy-sweep`` twice over:
 
@@ -36,6 +36,14 @@ TUNE: dict[str, tuple[str, list[float]]] = {
     "dm": ("dp_lr_img", [30.0, 100.0, 300.0]),
     "dsa": ("gm_outer_loop", [2, 5]),
     "dpsgd": ("dpsgd_lr", [0.1, 0.3, 1.0]),
+    # the experts' DP-SGD step size (plain SGD; DP-SGD's own lr above is with momentum 0.9)
+    "mtt": ("engine.mtt.lr_teacher", [0.1, 0.3, 1.0]),
+}
+
+#: settings of one method only (a CPU schedule: 2 DP-SGD experts x 4 epochs, 100 iterations of 10 student steps)
+METHOD_BASE: dict[str, list[str]] = {
+    "mtt": ["engine.mtt.num_experts=2", "engine.mtt.train_epochs=4", "engine.mtt.max_start_epoch=2",
+            "engine.mtt.expert_epochs=2", "engine.mtt.syn_steps=10", "engine.mtt.cache_dir=runs/dp_utility/experts"],
 }
 
 # settings every row shares (a 2-core CPU budget; width 32 as the MNIST-6k study of privacy.md)
@@ -51,7 +59,7 @@ def sweep(dataset: str, root: str, method: str, eps: float, seeds: list[int], sp
     from fedcl.privacy.sweep import SweepConfig, run_sweep
 
     argv = [f"dataset={dataset}", f"data.root={root}", f"methods=[{method}]", f"epsilons=[{eps}]",
-            f"seeds=[{','.join(map(str, seeds))}]", f"eval.split={split}", *BASE, *extra]
+            f"seeds=[{','.join(map(str, seeds))}]", f"eval.split={split}", *BASE, *METHOD_BASE.get(method, []), *extra]
     cfg = load_config(SweepConfig, argv)
     out.mkdir(parents=True, exist_ok=True)
     (out / "argv.json").write_text(json.dumps(argv))

@@ -71,7 +71,7 @@ def distill(method: str, data: Any, ipc: int, iterations: int, seed: int = 0, ca
             device: str = "cpu", **cfg: Any) -> tuple[SyntheticSet, dict[str, float]]:
     """Run one engine; returns the set and its timing stats."""
     opts: dict[str, Any] = {"device": device, "seed": seed, "progress": False, **cfg}
-    if method in ("dm", "dsa", "gm"):
+    if method not in ("random", "herding", "kcenter"):
         opts["iterations"] = iterations
     eng = create_distiller(method, **opts)
     syn = eng.distill(data.train_images, data.train_labels, ipc, num_classes=data.num_classes,
@@ -108,44 +108,96 @@ def accuracy_table(data: Any, methods: tuple[str, ...], ipcs: tuple[int, ...], i
     return rows
 
 
+#: per engine, the options of its timed runs beyond the variant's (batch_real=256 is dm/dsa/gm's; the others
+#: keep their defaults: kip/frepo 128 real images per class, mtt's experts 256 images per step)
+SPEED_ITERS = {"dsa": 2, "gm": 2, "mtt": 4, "kip": 4, "frepo": 4}
+
+
+def _rss_mb() -> float:
+    """This process's resident set now (Linux /proc), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _speed_run(method: str, cfg: dict[str, Any], iterations: int, device: str, root: str,
+               threads: int) -> dict[str, Any]:
+    """One timed run in a fresh process: per-iteration (wall, CPU) stamps and the run's peak memory."""
+    import resource
+
+    if threads:
+        torch.set_num_threads(threads)
+    data = load_dataset("mnist", root)
+    base = _rss_mb()
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    stamps: list[tuple[float, float]] = []
+    t0 = [(time.perf_counter(), time.process_time())]
+
+    def cb(it: int, _syn: SyntheticSet) -> None:
+        _sync(device)
+        stamps.append((time.perf_counter() - t0[0][0], time.process_time() - t0[0][1]))
+        t0[0] = (time.perf_counter(), time.process_time())
+
+    _sync(device)
+    t0[0] = (time.perf_counter(), time.process_time())
+    _, stats = distill(method, data, 10, iterations, callback=cb, device=device, **cfg)
+    return {"stamps": stamps, "base_rss_mb": base, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2 ** 20 if device.startswith("cuda") else None,
+            "experts_seconds": stats.get("experts_seconds")}
+
+
 def part_speed(args: argparse.Namespace) -> dict[str, Any]:
-    """Seconds per iteration of each engine on MNIST ipc 10, engines timed back to back."""
-    data = load_dataset("mnist", args.root)
+    """Seconds per iteration and peak memory of each engine on MNIST-6k ipc 10, engines timed back to back.
+
+    Each run is a fresh process (so its peak resident set is its own: ``ru_maxrss``, beside the
+    resident set after loading the data; on CUDA also ``torch.cuda.max_memory_allocated``).
+    """
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    big = {"batch_real": 256}
     variants: list[tuple[str, str, dict[str, Any]]] = [
-        ("dm", "dm (fast fp32, default)", {"fast_embed": True}),  # the default on CPU
-        ("dm", "dm (fast fp32, unchunked)", {"fast_embed": True, "embed_chunk": None}),
-        ("dm", "dm (fast fp32, chunks of 32)", {"fast_embed": True, "embed_chunk": 32}),
-        ("dm", "dm (before: net.embed fp32)", {"fast_embed": False}),  # the default on CUDA
-        ("dm", "dm (fast bf16)", {"fast_embed": True, "precision": "bf16"}),
-        ("dsa", "dsa", {}),
-        ("gm", "gm", {}),
+        ("dm", "dm (fast fp32, default)", {"fast_embed": True, **big}),  # the default on CPU
+        ("dm", "dm (fast fp32, unchunked)", {"fast_embed": True, "embed_chunk": None, **big}),
+        ("dm", "dm (fast fp32, chunks of 32)", {"fast_embed": True, "embed_chunk": 32, **big}),
+        ("dm", "dm (before: net.embed fp32)", {"fast_embed": False, **big}),  # the default on CUDA
+        ("dm", "dm (fast bf16)", {"fast_embed": True, "precision": "bf16", **big}),
+        ("dsa", "dsa", big),
+        ("gm", "gm", big),
+        ("mtt", "mtt (2 experts, 20 student steps, unrolled)", {"num_experts": 2}),
+        ("mtt", "mtt (2 experts, 20 student steps, tesla)", {"num_experts": 2, "tesla": True}),
+        ("kip", "kip (2 random ConvNets per iteration)", {"n_models": 2}),
+        ("frepo", "frepo", {}),
     ]
     engines = set(args.engines.split(","))
     variants = [v for v in variants if v[0] in engines]
-    iters = {"dm": args.speed_iters, "dsa": 2, "gm": 2}
-    times: dict[str, list[tuple[float, float]]] = {label: [] for _, label, _ in variants}
+    iters = {"dm": args.speed_iters, **SPEED_ITERS}
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for _, label, _ in variants}
     for r in range(args.rounds):  # rounds interleave the variants so contention hits all alike
         # and rotate their order: the variant timed first in a round ran slower, whichever it was
         for method, label, cfg in variants[r % len(variants):] + variants[:r % len(variants)]:
-            if method != "dm" and r >= args.slow_rounds:
+            if method in ("dsa", "gm") and r >= args.slow_rounds:
                 continue  # gm/dsa iterations take minutes: fewer rounds
-            stamps: list[tuple[float, float]] = []
-            t0 = [(time.perf_counter(), time.process_time())]
-
-            def cb(it: int, _syn: SyntheticSet, stamps: list = stamps, t0: list = t0) -> None:
-                _sync(args.device)
-                stamps.append((time.perf_counter() - t0[0][0], time.process_time() - t0[0][1]))
-                t0[0] = (time.perf_counter(), time.process_time())
-
-            _sync(args.device)
-            t0[0] = (time.perf_counter(), time.process_time())
-            distill(method, data, 10, iters[method], callback=cb, batch_real=256, device=args.device, **cfg)
-            times[label] += stamps[1:] if len(stamps) > 1 else stamps  # first dm iteration warms up
-            print(f"{label:30s} {statistics.median(w for w, _ in times[label]):.3f} s/it wall, "
-                  f"{statistics.median(c for _, c in times[label]):.3f} CPU-s/it so far", flush=True)
-    rows = [{"engine": label, "median_s": statistics.median(w for w, _ in v), "min_s": min(w for w, _ in v),
-             "cpu_median_s": statistics.median(c for _, c in v), "n": len(v), "threads": torch.get_num_threads(),
-             "load_avg_1m": os.getloadavg()[0]} for label, v in times.items()]
+            with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+                run = pool.submit(_speed_run, method, cfg, iters[method], args.device, args.root,
+                                  args.threads).result()
+            runs[label].append(run)
+            wall = [w for x in runs[label] for w, _ in (x["stamps"][1:] or x["stamps"])]  # first iteration warms up
+            print(f"{label:45s} {statistics.median(wall):.3f} s/it wall so far, peak RSS {run['peak_rss_mb']:.0f} MB",
+                  flush=True)
+    rows = []
+    for label, rs in runs.items():
+        if not rs:
+            continue
+        stamps = [st for x in rs for st in (x["stamps"][1:] or x["stamps"])]
+        cuda = [x["cuda_peak_mb"] for x in rs if x["cuda_peak_mb"] is not None]
+        rows.append({"engine": label, "median_s": statistics.median(w for w, _ in stamps),
+                     "min_s": min(w for w, _ in stamps), "cpu_median_s": statistics.median(c for _, c in stamps),
+                     "n": len(stamps), "threads": args.threads or torch.get_num_threads(),
+                     "load_avg_1m": os.getloadavg()[0], "peak_rss_mb": max(x["peak_rss_mb"] for x in rs),
+                     "base_rss_mb": min(x["base_rss_mb"] for x in rs), "cuda_peak_mb": max(cuda) if cuda else None})
     return {"rows": rows, "batch_real": 256, "ipc": 10, "env": environment(args.device)}
 
 
@@ -251,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--speed-iters", type=int, default=4)
     p.add_argument("--slow-rounds", type=int, default=1, help="rounds for gm and dsa")
-    p.add_argument("--engines", default="dm,dsa,gm", help="speed part: engines to time")
+    p.add_argument("--engines", default="dm,dsa,gm", help="speed part: engines to time (dm, dsa, gm, mtt, kip, frepo)")
     p.add_argument("--digits-dm-iters", type=int, default=1000)
     p.add_argument("--digits-dsa-iters", type=int, default=200)
     p.add_argument("--methods", default=",".join(METHODS_MNIST))

@@ -56,6 +56,10 @@ def _plot(points: list[dict[str, float]], path: Path, where: str) -> None:
     plt.close(fig)
 
 
+def _mb(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0f}"
+
+
 def _sec(x: float) -> str:
     return f"{x:.3f}" if x < 0.1 else f"{x:.2f}"  # GPU dm iterations take hundredths of a second
 
@@ -81,17 +85,23 @@ def write_report(res: dict[str, Any], out: Path) -> None:
         if key not in res:
             continue
         s = res[key]
-        md += [f"## Seconds per iteration, MNIST-6k ipc 10, 256 real images per class per iteration{_on(key)}", "",
-               _env(s["env"]), "", f"Command: `{s.get('command', '')}`. Engines run back to back in one process, "
+        md += [f"## Seconds per iteration and peak memory, MNIST-6k ipc 10{_on(key)}", "",
+               _env(s["env"]), "", f"Command: `{s.get('command', '')}`. Engines run back to back, "
                "interleaved over rounds; per-iteration wall time from the callback (first iteration of each run "
-               "dropped). gm/dsa: one iteration = outer loop 10 x 10 classes + inner training (50 steps).", "",
+               "dropped). dm, dsa, gm read 256 real images per class per iteration; gm/dsa: one iteration = outer "
+               "loop 10 x 10 classes + inner training (50 steps). mtt: one iteration = 20 student steps on the "
+               "whole set, matched to 2 expert epochs (the experts' training, once, is not in s/it); kip: 2 random "
+               "ConvNets, 128 real images per class; frepo: 128 real images per class. Peak RSS: the run's process "
+               "(each run its own), beside its resident set after loading the data (rows timed before runs had "
+               "their own process have none).", "",
                "CPU-s/it is the process CPU time per iteration (all threads): on an idle 2-core machine the "
                "wall time would be about CPU-s/it / 2 or more; under contention the wall time is far higher."
                if key == "speed" else "Each stamp waits for the GPU (`torch.cuda.synchronize`) before it is taken.", "",
                "| engine | median wall s/it | min wall s/it | median CPU-s/it | iterations timed | torch threads "
-               "| load when written |", "|---|---|---|---|---|---|---|"]
+               "| load when written | peak RSS MB (after data) | peak CUDA MB |", "|---|---|---|---|---|---|---|---|---|"]
         md += [f"| {r['engine']} | {_sec(r['median_s'])} | {_sec(r['min_s'])} | {_sec(r.get('cpu_median_s', float('nan')))} "
-               f"| {r['n']} | {r.get('threads', s['env']['torch_threads'])} | {r.get('load_avg_1m', float('nan')):.1f} |"
+               f"| {r['n']} | {r.get('threads', s['env']['torch_threads'])} | {r.get('load_avg_1m', float('nan')):.1f} "
+               f"| {_mb(r.get('peak_rss_mb'))} ({_mb(r.get('base_rss_mb'))}) | {_mb(r.get('cuda_peak_mb'))} |"
                for r in s["rows"]]
         md += ["", "Target: dm with DSA <= 1.5 s/it on a 2-core CPU." if key == "speed" else
                "On CUDA the default dm embeds with `net.embed` (`fast_embed: auto`), the faster row here.", ""]

@@ -61,6 +61,9 @@ def test_same_learner_baselines_and_gain_column(tmp_path):
     tiled = tmp_path / "tiled"
     assert main(["benchmark=split_digits", "strategies=[distilled_herding]", "mem_size=10", "distill.param=idc",
                  "distill.param_selections=true", f"out={tiled}", *TINY]) == 0
+    assert "selection memories (distilled_random, distilled_herding) in the same format" in \
+        (tiled / "results.md").read_text()
+    assert "as full-resolution real images" in table
     run = json.loads((tiled / "metrics.json").read_text())["strategies"]["distilled_herding"]["runs"][0]
     assert run["memory_class_counts"] == {str(c): 4 for c in range(10)}
     assert run["memory_class_budgets"] == {str(c): 1 for c in range(10)}

@@ -67,7 +67,10 @@ def run(cfg: ContinualConfig, log: Any = print) -> dict[str, Any]:
         create_memory(cfg.distill.param, [0], cfg.mem_size // num_classes, next(iter(benches.values())).in_shape,
                       **dict(cfg.distill.param_kwargs))
     metrics: dict[str, Any] = {"config": {"benchmark": cfg.benchmark, "mem_size": cfg.mem_size, "seeds": list(cfg.seeds),
-                                          "epochs": cfg.epochs, "model": cfg.model, "eval_split": cfg.eval.split},
+                                          "epochs": cfg.epochs, "model": cfg.model, "eval_split": cfg.eval.split,
+                                          "distill": {"param": cfg.distill.param,
+                                                      "param_kwargs": dict(cfg.distill.param_kwargs),
+                                                      "param_selections": cfg.distill.param_selections}},
                                "strategies": {}}
     with run_folder(cfg.out, f"continual-{cfg.benchmark}") as folder:
         save_config(folder, cfg)

@@ -54,6 +54,12 @@ def results_table(metrics: dict[str, Any]) -> str:
         lines.append("Gain over selection: final accuracy minus that of the better of distilled_random and "
                      "distilled_herding, a memory of the same budget and share rule filled by selection and trained by "
                      "the same learner (± the std of the per-seed differences).")
+    d = cfg.get("distill", {})
+    if d.get("param", "images") != "images":
+        stored = ("in the same format (each decoded image one selected real image)" if d.get("param_selections")
+                  else "as full-resolution real images")
+        lines.append(f"Memory format: the distilled memories are stored as param={d['param']} {d.get('param_kwargs', {})}; "
+                     f"the selection memories (distilled_random, distilled_herding) {stored}.")
     return "\n".join(lines) + "\n"
 
 

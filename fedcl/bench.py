@@ -271,6 +271,18 @@ def run_bench(cfg: BenchConfig, folder: Path, *, command: str = "fedcl bench",
     datasets = datasets or load_datasets(cfg)
     env = environment(cfg.device)
     results: list[dict[str, Any]] = []
+
+    def write(done: bool) -> dict[str, Any]:
+        # after every row, so a run stopped early (a long CPU schedule) leaves the rows it finished
+        rows_so_far = [dict(r) for r in results]
+        if cfg.gains:
+            add_gains(rows_so_far)
+        metrics = {"command": command, **env, "wall_seconds": time.perf_counter() - t0, "split": cfg.eval.split,
+                   "rows": rows_so_far, "complete": done, "planned_rows": len(rows)}
+        write_json(folder / "metrics.json", metrics)
+        (folder / "results.md").write_text(results_markdown(cfg, metrics))
+        return metrics
+
     for row in rows:
         r = run_row(row, cfg, datasets[row.dataset], folder)
         results.append(r)
@@ -278,13 +290,9 @@ def run_bench(cfg: BenchConfig, folder: Path, *, command: str = "fedcl bench",
         print(f"{row.dataset} ipc {row.ipc} {row.engine}{' (soft labels)' if row.soft else ''}: "
               f"{cfg.eval.split} {100 * acc['mean']:.2f} ± {100 * acc['std']:.2f} % "
               f"({r['distill_seconds']:.1f} s distilling)", flush=True)
-    if cfg.gains:
-        add_gains(results)
-    metrics = {"command": command, **env, "wall_seconds": time.perf_counter() - t0, "split": cfg.eval.split,
-               "rows": results}
-    write_json(folder / "metrics.json", metrics)
-    (folder / "results.md").write_text(results_markdown(cfg, metrics))
-    return metrics
+        if len(results) < len(rows):
+            write(done=False)
+    return write(done=True)
 
 
 def main(argv: list[str]) -> int:

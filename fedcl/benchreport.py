@@ -78,6 +78,8 @@ def results_markdown(cfg: Any, metrics: dict[str, Any]) -> str:
         f"Command: `{metrics['command']}` ({metrics['date']}, {metrics['wall_seconds']:.0f} s wall)  ",
         f"Device: {metrics['device']}  ",
         f"Versions: fedcl {v['fedcl']}, torch {v['torch']}, python {v['python']}", "",
+        *([f"**Partial**: {len(metrics['rows'])} of {metrics['planned_rows']} rows; the run was still going (or was "
+           "stopped) when this was written.", ""] if not metrics.get("complete", True) else []),
         f"Protocol, the same for every row: the set trains {ev.models} fresh `{cfg.model}` "
         f"network{'s' if ev.models != 1 else ''} "
         f"({ev.epochs} epochs of SGD, lr {ev.lr} divided by 10 at half, momentum 0.9, batch {ev.batch_size}, "

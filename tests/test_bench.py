@@ -155,3 +155,28 @@ def test_rows_can_be_chosen_on_validation_data(tmp_path) -> None:
     text = (out / "results.md").read_text()
     assert "| val accuracy % |" in text and "test accuracy" not in text and "## digits: soft labels" not in text
     assert "cross-architecture" not in text  # one network: the main table says it all
+
+
+def test_every_finished_row_is_written_before_the_next_runs(tmp_path, monkeypatch) -> None:
+    import fedcl.bench as bench
+
+    cfg = load_config(BenchConfig, ["engines=[random,herding]", "ipcs=[1]", "soft_label_engines=[]",
+                                    "cross_arch=[convnet]", "model_kwargs.width=8", "eval.models=1", "eval.epochs=1",
+                                    "device=cpu", "progress=false"])
+    real_row, calls = bench.run_row, []
+
+    def stop_at_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # a run stopped while its second row is going
+            m = json.loads((tmp_path / "metrics.json").read_text())
+            assert not m["complete"] and [r["engine"] for r in m["rows"]] == ["random"]
+            assert "**Partial**: 1 of 2 rows" in (tmp_path / "results.md").read_text()
+            raise KeyboardInterrupt
+        return real_row(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "run_row", stop_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        bench.run_bench(cfg, tmp_path)
+    monkeypatch.setattr(bench, "run_row", real_row)
+    m = bench.run_bench(cfg, tmp_path)
+    assert m["complete"] and "Partial" not in (tmp_path / "results.md").read_text()

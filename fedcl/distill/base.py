@@ -18,7 +18,8 @@ from fedcl.models import create_model
 from fedcl.registry import Registry
 from fedcl.utils import resolve_device
 
-__all__ = ["DISTILLERS", "ClassData", "Distiller", "create_distiller", "list_distillers", "register_distiller"]
+__all__ = ["DISTILLERS", "ClassData", "Distiller", "create_distiller", "list_distillers", "register_distiller",
+           "sample_rate"]
 
 DISTILLERS: Registry[Distiller] = Registry("distillation method")
 
@@ -59,6 +60,13 @@ def create_distiller(name: str, **cfg: Any) -> Distiller:
                 valid |= {n for n, p in inspect.signature(klass.__init__).parameters.items()
                           if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
         raise ConfigError(f"bad option for method {name!r}: {exc}; valid options: {', '.join(sorted(valid))}") from None
+
+
+def sample_rate(batch_per_class: int, class_counts: Sequence[int]) -> float:
+    """Poisson rate that samples ``batch_per_class`` images per class in expectation: ``batch * K / N``
+    over the non-empty classes (K of them, N examples), capped at 1."""
+    counts = [int(c) for c in class_counts if int(c) > 0]
+    return min(1.0, int(batch_per_class) * len(counts) / max(sum(counts), 1))
 
 
 class ClassData:
@@ -182,9 +190,7 @@ class Distiller(ABC):
         :meth:`release_steps` steps. An engine that reads real data on another schedule (``mtt``'s
         DP-SGD experts) overrides it.
         """
-        counts = [int(c) for c in class_counts if int(c) > 0]
-        q = min(1.0, self.batch_real * len(counts) / max(sum(counts), 1))
-        return q, self.release_steps(ipc)
+        return sample_rate(self.batch_real, class_counts), self.release_steps(ipc)
 
     @property
     def release_seed(self) -> int:

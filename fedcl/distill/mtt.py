@@ -38,7 +38,7 @@ from torch.func import functional_call
 
 from fedcl.distill.access import RealAccess
 from fedcl.distill.augment import DSA, DSAParams, default_strategy
-from fedcl.distill.base import Callback, Distiller, register_distiller
+from fedcl.distill.base import Callback, Distiller, register_distiller, sample_rate
 from fedcl.distill.experts import Experts, expert_batch, make_spec, steps_per_epoch, train_experts_on
 from fedcl.distill.memory import Memory
 from fedcl.errors import ConfigError
@@ -214,9 +214,9 @@ class TrajectoryMatching(Distiller):
         """The DP-SGD experts' schedule: rate ``batch_real * K / N`` (capped at 1), and every step of
         every expert: ``num_experts * train_epochs * ceil(N / (batch_real * K))``."""
         counts = [int(c) for c in class_counts if int(c) > 0]
-        n, k = sum(counts), len(counts)
-        batch = expert_batch(self.expert_batch_real, k)
-        return min(1.0, batch * k / max(n, 1)), self.num_experts * self.train_epochs * steps_per_epoch(n, batch, k)
+        batch = expert_batch(self.expert_batch_real, len(counts))
+        steps = self.num_experts * self.train_epochs * steps_per_epoch(sum(counts), batch, len(counts))
+        return sample_rate(batch, counts), steps
 
     @property
     def release_seed(self) -> int:

@@ -48,7 +48,7 @@ class SweepConfig:
         ipc: images per class of the distilled releases.
         model: network of the releases, the evaluation and the audit.
         width: the network's width.
-        iterations: dm iterations.
+        iterations: iterations of dm and of every engine but gm/dsa (kip, frepo, mtt ...).
         gm_iterations: gm/dsa iterations.
         gm_outer_loop: gm/dsa outer loop (matching steps per network).
         gm_inner_loop: gm/dsa inner loop (network training epochs per matching step).

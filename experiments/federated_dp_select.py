@@ -43,20 +43,27 @@ CONFIG = REPO / "configs" / "federated" / "dp_oneshot_mnist.yaml"
 CLIENTS: dict[str, list[str]] = {
     "ipc20": [],
     "ipc10": ["ipc=10"],
+    "min50": ["dp_min_class_images=50"],
+    "min200": ["dp_min_class_images=200"],
+    "lrimg30": ["dp_lr_img=30"],
+    "lrimg300": ["dp_lr_img=300"],
+    "replay4": ["privacy.replay=4"],
+    "replay19": ["privacy.replay=19"],
 }
 #: the server's candidate settings (post-processing of the same summaries: no privacy cost)
 SERVERS: dict[str, list[str]] = {
     "noise2-decay0.25": [],
     "noise2": ["server_noise_decay=1"],
     "plain": ["server_noise=0", "server_noise_decay=1"],
+    "epochs1000": ["server_epochs=1000"],
+    "epochs4000": ["server_epochs=4000"],
 }
 #: the (client, server) pairs scored on validation: the config, then one option changed at a time
-#: (``ipc10`` is left out by default: a client setting costs a new set of DP summaries; ``--with-ipc10``)
-CANDIDATES: list[tuple[str, str]] = [
-    ("ipc20", "noise2-decay0.25"),
-    ("ipc20", "noise2"),
-    ("ipc20", "plain"),
-]
+#: (a client setting costs a new set of DP summaries, about 15 min on one CPU thread; a server
+#: setting reuses the config's)
+CANDIDATES: list[tuple[str, str]] = [("ipc20", "noise2-decay0.25")] + [
+    (client, "noise2-decay0.25") for client in CLIENTS if client != "ipc20"] + [
+    ("ipc20", server) for server in SERVERS if server != "noise2-decay0.25"]
 
 
 def settings(config: str, overrides: list[str]) -> FederatedConfig:
@@ -113,7 +120,7 @@ def write_table(args: argparse.Namespace, lines: list[dict], minutes: float) -> 
     report = [x for x in lines if x["split"] == "test"]
     md = ["## DP one-shot on MNIST-6k: the config chosen on validation data, its test accuracy", "",
           f"Command: `OMP_NUM_THREADS=1 python experiments/federated_dp_select.py --root {args.root} --seeds {args.seeds}"
-          f"{' --with-ipc10' if any(x['client'] == 'ipc10' for x in lines) else ''}` "
+          "` "
           f"({'rendered from ' + args.from_lines if args.from_lines else f'{minutes:.0f} min'}). Device: CPU ({platform.machine()}, 2 cores shared with other jobs, one thread). "
           f"Versions: fedcl {fedcl.__version__}, torch {torch.__version__}, python {platform.python_version()}.", "",
           f"Settings: `{shown(args.config)}` (10 clients, Dirichlet 0.1, one DP release per client at "
@@ -150,7 +157,9 @@ def main() -> None:
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--cache", default="/tmp/fedcl_dp_select")
     p.add_argument("--out", default="runs/federated_dp_select")
-    p.add_argument("--with-ipc10", action="store_true", help="also score the clients at ipc 10 (the table was made with it)")
+    p.add_argument("--only", default=None, metavar="CLIENT:SERVER,...",
+                   help="score only these candidates (to split the select stage between processes sharing --out)")
+    p.add_argument("--no-report", action="store_true", help="stop after the select stage")
     p.add_argument("--table", default=str(REPO / "experiments" / "results" / "federated_dp_select.md"))
     p.add_argument("--from-lines", default=None, metavar="LINES.jsonl", help="run nothing: write the table")
     args = p.parse_args()
@@ -162,24 +171,36 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     done = out / "lines.jsonl"
-    lines = [json.loads(x) for x in done.read_text().splitlines() if x.strip()] if done.exists() else []
+
+    def measured() -> list[dict]:
+        """The lines in ``done`` now (other processes with the same ``--out`` append to it too)."""
+        return [json.loads(x) for x in done.read_text().splitlines() if x.strip()] if done.exists() else []
+
     t0 = time.time()
 
     def record(client: str, server: str, seed: int, split: str) -> None:
-        if any((x["client"], x["server"], x["seed"], x["split"]) == (client, server, seed, split) for x in lines):
+        if any((x["client"], x["server"], x["seed"], x["split"]) == (client, server, seed, split) for x in measured()):
             return  # measured by an earlier run with this --out
         line = run(args, client, server, seed, split)
         print(json.dumps(line), flush=True)
-        lines.append(line)
-        done.write_text("".join(json.dumps(x) + "\n" for x in lines))
-        write_table(args, lines, (time.time() - t0) / 60)
+        with done.open("a") as f:  # one short line per append: processes sharing --out keep each other's
+            f.write(json.dumps(line) + "\n")
+        write_table(args, measured(), (time.time() - t0) / 60)
 
-    for client, server in CANDIDATES + ([("ipc10", "noise2-decay0.25")] if args.with_ipc10 else []):
+    chosen = CANDIDATES
+    if args.only:
+        chosen = [tuple(x.split(":", 1)) for x in args.only.split(",")]
+        unknown = [x for x in chosen if len(x) != 2 or x[0] not in CLIENTS or x[1] not in SERVERS]
+        if unknown:
+            p.error(f"--only: unknown candidate(s) {unknown}; clients {list(CLIENTS)}, servers {list(SERVERS)}")
+    for client, server in chosen:
         record(client, server, 0, "val")
-    best = max((x for x in lines if x["split"] == "val"), key=lambda x: x["accuracy"])
+    if args.no_report:
+        return
+    best = max((x for x in measured() if x["split"] == "val"), key=lambda x: x["accuracy"])
     for seed in (int(s) for s in args.seeds.split(",")):
         record(best["client"], best["server"], seed, "test")
-    print(f"wrote {write_table(args, lines, (time.time() - t0) / 60)}")
+    print(f"wrote {write_table(args, measured(), (time.time() - t0) / 60)}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,11 @@ the training data before it is partitioned, so no client holds it:
 2. **report** (``data.eval_split=test``): the best pair on seeds ``--seeds``, scored once on the test
    set. The clients' training data are the same in both stages.
 
+``CHECKS`` scores, in the select stage, an option meant for another setting (``server_standardize``,
+for summaries above epsilon 1) beside the config's server in that setting; they are not candidates.
+Two processes can share the select stage: ``--only CLIENT:SERVER,... --no-report`` in each, with the
+same ``--out``, then one plain run for the report.
+
 The clients distil their partitions one after the other in this process, with the ClientApp's
 functions and seeds (:func:`~fedcl.federated.task.client_seed`), and the server trains on the union
 as the ServerApp does (:func:`~fedcl.federated.task.train_global`): the figure of a Flower run of the
@@ -49,6 +54,7 @@ CLIENTS: dict[str, list[str]] = {
     "lrimg300": ["dp_lr_img=300"],
     "replay4": ["privacy.replay=4"],
     "replay19": ["privacy.replay=19"],
+    "eps4": ["privacy.epsilon=4"],
 }
 #: the server's candidate settings (post-processing of the same summaries: no privacy cost)
 SERVERS: dict[str, list[str]] = {
@@ -57,13 +63,17 @@ SERVERS: dict[str, list[str]] = {
     "plain": ["server_noise=0", "server_noise_decay=1"],
     "epochs1000": ["server_epochs=1000"],
     "epochs4000": ["server_epochs=4000"],
+    "standardize": ["server_standardize=true", "server_noise=1.0"],
 }
 #: the (client, server) pairs scored on validation: the config, then one option changed at a time
 #: (a client setting costs a new set of DP summaries, about 15 min on one CPU thread; a server
 #: setting reuses the config's)
 CANDIDATES: list[tuple[str, str]] = [("ipc20", "noise2-decay0.25")] + [
-    (client, "noise2-decay0.25") for client in CLIENTS if client != "ipc20"] + [
-    ("ipc20", server) for server in SERVERS if server != "noise2-decay0.25"]
+    (client, "noise2-decay0.25") for client in CLIENTS if client not in ("ipc20", "eps4")] + [
+    ("ipc20", server) for server in SERVERS if server not in ("noise2-decay0.25", "standardize")]
+#: an option meant for another setting, scored on validation beside the config's server there (not a
+#: candidate of this config): ``server_standardize`` with less server noise, for summaries above epsilon 1
+CHECKS: list[tuple[str, str]] = [("eps4", "noise2-decay0.25"), ("eps4", "standardize"), ("eps4", "plain")]
 
 
 def settings(config: str, overrides: list[str]) -> FederatedConfig:
@@ -116,8 +126,14 @@ def write_table(args: argparse.Namespace, lines: list[dict], minutes: float) -> 
     """The table (``--table``) from the lines so far."""
     import fedcl
 
-    select = [x for x in lines if x["split"] == "val"]
+    def row(x: dict) -> str:
+        return (f"| {x['client']} (`{' '.join(CLIENTS[x['client']]) or 'config'}`) | {x['server']} "
+                f"(`{' '.join(SERVERS[x['server']]) or 'config'}`) | {100 * x['accuracy']:.1f} |")
+
+    select = [x for x in lines if x["split"] == "val" and (x["client"], x["server"]) in CANDIDATES]
+    checks = [x for x in lines if x["split"] == "val" and (x["client"], x["server"]) in CHECKS]
     report = [x for x in lines if x["split"] == "test"]
+    missing = [f"{c}/{v}" for c, v in CANDIDATES if not any((x["client"], x["server"]) == (c, v) for x in select)]
     md = ["## DP one-shot on MNIST-6k: the config chosen on validation data, its test accuracy", "",
           f"Command: `OMP_NUM_THREADS=1 python experiments/federated_dp_select.py --root {args.root} --seeds {args.seeds}"
           "` "
@@ -125,13 +141,17 @@ def write_table(args: argparse.Namespace, lines: list[dict], minutes: float) -> 
           f"Versions: fedcl {fedcl.__version__}, torch {torch.__version__}, python {platform.python_version()}.", "",
           f"Settings: `{shown(args.config)}` (10 clients, Dirichlet 0.1, one DP release per client at "
           f"epsilon 1, delta 1e-5) with `data.val_fraction={args.val_fraction}`: a stratified {args.val_fraction:.0%} "
-          "of the 6,000 training images is held out before partitioning (no client holds it). Each candidate was "
-          "scored on that validation split at seed 0; the best pair ran on the seeds below and was scored once on "
-          "the official test set. The server settings are post-processing of the same summaries.", "",
+          "of the 6,000 training images is held out before partitioning (no client holds it). The config and its "
+          "neighbours, one option changed at a time, were scored on that validation split at seed 0; the best ran "
+          "on the seeds below and was scored once on the official test set. Client settings are new DP releases of "
+          "the same epsilon; server settings are post-processing of the config's summaries.", "",
           "| clients | server | val acc (%), seed 0 |", "|---|---|---|"]
-    for x in sorted(select, key=lambda x: -x["accuracy"]):
-        md.append(f"| {x['client']} (`{' '.join(CLIENTS[x['client']]) or 'config'}`) | {x['server']} "
-                  f"(`{' '.join(SERVERS[x['server']]) or 'config'}`) | {100 * x['accuracy']:.1f} |")
+    md += [row(x) for x in sorted(select, key=lambda x: -x["accuracy"])]
+    if checks:
+        md += ["", "An option meant for summaries above epsilon 1, scored on validation at epsilon 4 (seed 0), "
+               "beside the config's server (not candidates of this config):", "",
+               "| clients | server | val acc (%), seed 0 |", "|---|---|---|"]
+        md += [row(x) for x in sorted(checks, key=lambda x: -x["accuracy"])]
     if report:
         accs = [x["accuracy"] for x in report]
         sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
@@ -139,11 +159,9 @@ def write_table(args: argparse.Namespace, lines: list[dict], minutes: float) -> 
                + ", ".join(f"seed {x['seed']} {100 * x['accuracy']:.2f}" for x in report)
                + f"; **{100 * statistics.fmean(accs):.1f} ± {100 * sd:.1f}** (mean ± std). Client seconds per run "
                f"(10 clients in turn): {', '.join(str(x['client_seconds']) for x in report)}; server seconds: "
-               f"{', '.join(str(x['server_seconds']) for x in report)}.",
-               "", "Not re-scored here (chosen in earlier sessions on test accuracy, so still optimistic by that "
-               "choice): `dp_min_class_images`, "
-               "`dp_lr_img`, `privacy.replay` and `server_epochs`; each is a new set of DP summaries or a longer "
-               "server run per candidate."]
+               f"{', '.join(str(x['server_seconds']) for x in report)}."]
+    if missing:
+        md += ["", f"Not scored yet: {', '.join(missing)}."]
     path = Path(args.table)
     path.write_text("\n".join(md) + "\n")
     return path
@@ -187,7 +205,7 @@ def main() -> None:
             f.write(json.dumps(line) + "\n")
         write_table(args, measured(), (time.time() - t0) / 60)
 
-    chosen = CANDIDATES
+    chosen = CANDIDATES + CHECKS
     if args.only:
         chosen = [tuple(x.split(":", 1)) for x in args.only.split(",")]
         unknown = [x for x in chosen if len(x) != 2 or x[0] not in CLIENTS or x[1] not in SERVERS]
@@ -197,7 +215,8 @@ def main() -> None:
         record(client, server, 0, "val")
     if args.no_report:
         return
-    best = max((x for x in measured() if x["split"] == "val"), key=lambda x: x["accuracy"])
+    best = max((x for x in measured() if x["split"] == "val" and (x["client"], x["server"]) in CANDIDATES),
+               key=lambda x: x["accuracy"])
     for seed in (int(s) for s in args.seeds.split(",")):
         record(best["client"], best["server"], seed, "test")
     print(f"wrote {write_table(args, measured(), (time.time() - t0) / 60)}")

@@ -40,6 +40,13 @@ TUNE: dict[str, tuple[str, list[float]]] = {
     "mtt": ("engine.mtt.lr_teacher", [0.1, 0.3, 1.0]),
 }
 
+#: options of a method that stay only if they earn their place: each is scored on validation (seed 0) with
+#: the knob at its chosen value, against the same run with the option as it is (``--checks``)
+CHECKS: dict[str, dict[str, list[str]]] = {
+    "dm": {"normalize=false": ["privacy.normalize=false"], "center=false": ["privacy.center=false"],
+           "replay=0": ["privacy.replay=0"]},
+}
+
 #: settings of one method only (a CPU schedule: 2 DP-SGD experts x 4 epochs, 100 iterations of 10 student steps)
 METHOD_BASE: dict[str, list[str]] = {
     "mtt": ["engine.mtt.num_experts=2", "engine.mtt.train_epochs=4", "engine.mtt.max_start_epoch=2",
@@ -94,11 +101,9 @@ def write_table(args: argparse.Namespace, seeds: list[int], lines: list[dict], t
           "|---|---|---|---|---|---|"]
     # the chosen value per (method, epsilon): the best validation score over every select line (a grid
     # widened by a later --select-only run included); only its report is shown
-    best: dict[tuple[str, float], tuple[float, float]] = {}
-    for line in lines:
-        if line["stage"] == "select":
-            key, score = (line["method"], line["epsilon"]), (line["val_accuracy"], line[TUNE[line["method"]][0]])
-            best[key] = max(best.get(key, score), score)
+    best = chosen_knobs(lines)
+    checks = [x for x in lines if x["stage"] == "check"]
+    lines = [x for x in lines if x["stage"] != "check"]
     order = {m: i for i, m in enumerate(TUNE)}
     lines = sorted(lines, key=lambda x: (order[x["method"]], x["epsilon"], x[TUNE[x["method"]][0]]))
     for line in lines:
@@ -116,9 +121,51 @@ def write_table(args: argparse.Namespace, seeds: list[int], lines: list[dict], t
             knob = TUNE[line["method"]][0]
             md.append(f"| {line['method']} | {line['epsilon']:g} | {knob}={line[knob]:g} | "
                       f"{100 * line['val_accuracy']:.1f} |")
+    if checks:
+        md += ["", "Options scored on validation (seed 0) at the chosen value, against the option as it is:", "",
+               "| method | ε | option | val acc (%) | with the option as it is (%) |", "|---|---|---|---|---|"]
+        for x in checks:
+            md.append(f"| {x['method']} | {x['epsilon']:g} | `{' '.join(CHECKS[x['method']][x['option']])}` | "
+                      f"{100 * x['val_accuracy']:.1f} | {100 * best[(x['method'], x['epsilon'])][0]:.1f} |")
     target = REPO / "experiments" / "results" / f"dp_utility_{args.dataset}{'_quick' if args.quick else ''}.md"
     target.write_text("\n".join(md) + "\n")
     return target
+
+
+def chosen_knobs(lines: list[dict]) -> dict[tuple[str, float], tuple[float, float]]:
+    """Per (method, epsilon), the (validation accuracy, value) of the best select line."""
+    best: dict[tuple[str, float], tuple[float, float]] = {}
+    for line in lines:
+        if line["stage"] == "select":
+            key, score = (line["method"], line["epsilon"]), (line["val_accuracy"], line[TUNE[line["method"]][0]])
+            best[key] = max(best.get(key, score), score)
+    return best
+
+
+def run_checks(args: argparse.Namespace, methods: list[str], epsilons: list[float], lines: list[dict]) -> None:
+    """Score ``CHECKS``' options on validation at the chosen knob; the lines are appended to ``lines`` and to
+    the first ``--from-lines`` file (a line already there is not run again)."""
+    best = chosen_knobs(lines)
+    out = Path(args.out) / args.dataset
+    for method in methods:
+        knob = TUNE[method][0]
+        for eps in epsilons:
+            if (method, eps) not in best:
+                raise SystemExit(f"--checks: no select lines for {method} at epsilon {eps:g} in --from-lines")
+            value = best[(method, eps)][1]
+            for option, overrides in CHECKS.get(method, {}).items():
+                if any(x["stage"] == "check" and (x["method"], x["epsilon"], x["option"]) == (method, eps, option)
+                       for x in lines):
+                    continue
+                print(f"check {method} eps={eps} {knob}={value:g} {option}", flush=True)
+                rows = sweep(args.dataset, args.root, method, eps, [0], "val",
+                             [f"{knob}={value:g}", f"eval.models={args.select_models}", *overrides],
+                             out / "check" / f"{method}-eps{eps:g}-{option.replace('=', '')}")
+                line = {"stage": "check", "method": method, "epsilon": eps, knob: value, "option": option,
+                        "val_accuracy": rows[0]["accuracy"]}
+                lines.append(line)
+                with open(args.from_lines[0], "a") as f:
+                    f.write(json.dumps(line) + "\n")
 
 
 def main() -> None:
@@ -135,6 +182,9 @@ def main() -> None:
     parser.add_argument("--select-only", action="store_true",
                         help="score the candidates on validation data and stop (to widen a grid: compare the lines "
                              "with the earlier ones, then report the winner with --values METHOD=V)")
+    parser.add_argument("--checks", action="store_true",
+                        help="score CHECKS' options on validation at each method's chosen knob (from --from-lines's "
+                             "select lines) and stop")
     parser.add_argument("--quick", action="store_true", help="one candidate per knob, one seed, 1 eval model")
     parser.add_argument("--from-lines", nargs="+", default=None, metavar="LINES.jsonl",
                         help="run nothing: write the table from the lines.jsonl of earlier runs (e.g. one per method)")
@@ -144,6 +194,8 @@ def main() -> None:
     epsilons = [float(e) for e in args.epsilons.split(",")]
     if args.from_lines:
         lines = [json.loads(row) for f in args.from_lines for row in Path(f).read_text().splitlines() if row.strip()]
+        if args.checks:
+            run_checks(args, methods, epsilons, lines)
         print(f"wrote {write_table(args, seeds, lines, time.time(), done=True)}")
         return
     for item in args.values:

@@ -24,7 +24,7 @@ from fedcl.config import DataConfig, DistillConfig, EvalConfig, load_config, spl
 from fedcl.errors import ConfigError
 
 __all__ = ["QUICK", "BenchConfig", "Row", "add_gains", "bench_config_argv", "check_ipcs", "load_datasets", "main", "plan",
-           "run_bench", "run_row"]
+           "previous_rows", "reuse_row", "run_bench", "run_row"]
 
 
 @dataclass
@@ -50,6 +50,12 @@ class BenchConfig:
         out: run folder (None: ``runs/bench-<timestamp>``).
         results_md: also write results.md to this path (e.g. ``experiments/results/distill_digits.md``).
         progress: progress bars on a terminal.
+        resume: an earlier bench run folder, finished or stopped part-way (its config.yaml and
+            metrics.json): each of its rows with this run's dataset, engine, ipc, labels and engine
+            options is reused (numbers kept, set copied when the folder still has it) instead of run
+            again. It must have this run's protocol (model, model_kwargs, seed, eval, data but
+            ``root``, cross_arch, arch_kwargs), else the run stops before any row with the setting
+            that differs.
     """
 
     datasets: list[str] = field(default_factory=lambda: ["digits"])
@@ -67,6 +73,7 @@ class BenchConfig:
     out: str | None = None
     results_md: str | None = None
     progress: bool = True
+    resume: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -231,6 +238,69 @@ def run_row(row: Row, cfg: BenchConfig, data: Any, folder: Path) -> dict[str, An
             "set": str(path.relative_to(folder))}
 
 
+#: what a reused row must share with this run besides its own keys (``data.root`` may move)
+_PROTOCOL = ("model", "model_kwargs", "seed", "cross_arch", "arch_kwargs", "eval", "data")
+#: engine options that do not change a row's set
+_RUNTIME = ("device", "progress")
+
+
+def _row_key(dataset: str, engine: str, ipc: int, soft: bool, options: dict[str, Any]) -> str:
+    """A row's identity as JSON: options without the runtime ones, unset ones dropped."""
+    import json
+
+    opts = {k: v for k, v in options.items() if v is not None and k not in _RUNTIME}
+    return json.dumps([dataset, engine, ipc, soft, opts], sort_keys=True, default=str)
+
+
+def previous_rows(cfg: BenchConfig) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Where ``cfg.resume``'s rows come from (folder, command, date, device, versions), and its rows by
+    :func:`_row_key`, after checking its protocol is this run's.
+
+    Raises:
+        ConfigError: no such run folder, or a protocol setting that differs (named in the message).
+        DataError: an unreadable config.yaml or metrics.json.
+    """
+    import dataclasses
+    import json
+
+    from fedcl.errors import DataError
+
+    folder = Path(str(cfg.resume))
+    if not (folder / "config.yaml").is_file() or not (folder / "metrics.json").is_file():
+        raise ConfigError(f"resume={folder}: not a bench run folder (it needs config.yaml and metrics.json)")
+    try:
+        old = load_config(BenchConfig, path=folder / "config.yaml")
+        metrics = json.loads((folder / "metrics.json").read_text())
+        rows = list(metrics["rows"])
+    except (ConfigError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"resume={folder}: cannot read its config.yaml or metrics.json ({exc})") from exc
+    for key in _PROTOCOL:
+        mine, theirs = getattr(cfg, key), getattr(old, key)
+        if key == "data":
+            mine, theirs = (dataclasses.replace(d, root=None) for d in (mine, theirs))
+        if mine != theirs:
+            raise ConfigError(f"resume={folder} was evaluated with {key}={theirs}, this run with {key}={mine}; "
+                              "rows are reused only under the same protocol")
+    origin = {"folder": str(folder), **{k: metrics.get(k) for k in ("command", "date", "device", "versions")}}
+    return origin, {_row_key(r["dataset"], r["engine"], r["ipc"], r["soft_labels"], r["options"]): r for r in rows}
+
+
+def reuse_row(row: Row, found: dict[str, Any], source: Path, folder: Path) -> dict[str, Any]:
+    """A row of an earlier run as this run's: its numbers, its set copied into ``folder`` when present."""
+    import shutil
+
+    r = dict(found, reused_from=str(source))
+    old = source / str(found.get("set"))
+    if found.get("set") and old.is_file():
+        new = folder / "sets" / row.dataset / f"{row.name}.safetensors"
+        new.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(old, new)
+        r["set"] = str(new.relative_to(folder))
+    else:
+        r["set"] = None  # the earlier folder no longer has it (e.g. a results folder that keeps metrics only)
+    return r
+
+
 def add_gains(rows: list[dict[str, Any]]) -> None:
     """Set each row's ``gain_over_random`` (accuracy points over ``random`` of its table; None without one)."""
     base = {(r["dataset"], r["ipc"], r["soft_labels"]): r["accuracy"]["mean"] for r in rows if r["engine"] == "random"}
@@ -268,6 +338,7 @@ def run_bench(cfg: BenchConfig, folder: Path, *, command: str = "fedcl bench",
 
     t0 = time.perf_counter()
     rows = plan(cfg)
+    origin, earlier = previous_rows(cfg) if cfg.resume else ({}, {})
     datasets = datasets or load_datasets(cfg)
     env = environment(cfg.device)
     results: list[dict[str, Any]] = []
@@ -278,18 +349,24 @@ def run_bench(cfg: BenchConfig, folder: Path, *, command: str = "fedcl bench",
         if cfg.gains:
             add_gains(rows_so_far)
         metrics = {"command": command, **env, "wall_seconds": time.perf_counter() - t0, "split": cfg.eval.split,
-                   "rows": rows_so_far, "complete": done, "planned_rows": len(rows)}
+                   "rows": rows_so_far, "complete": done, "planned_rows": len(rows),
+                   **({"resumed": origin} if origin else {})}
         write_json(folder / "metrics.json", metrics)
         (folder / "results.md").write_text(results_markdown(cfg, metrics))
         return metrics
 
     for row in rows:
-        r = run_row(row, cfg, datasets[row.dataset], folder)
+        found = earlier.get(_row_key(row.dataset, row.engine, row.ipc, row.soft, row.options))
+        if found:
+            r = reuse_row(row, found, Path(origin["folder"]), folder)
+        else:
+            r = run_row(row, cfg, datasets[row.dataset], folder)
         results.append(r)
         acc = r["accuracy"]
         print(f"{row.dataset} ipc {row.ipc} {row.engine}{' (soft labels)' if row.soft else ''}: "
               f"{cfg.eval.split} {100 * acc['mean']:.2f} ± {100 * acc['std']:.2f} % "
-              f"({r['distill_seconds']:.1f} s distilling)", flush=True)
+              + (f"(reused from {origin['folder']})" if "reused_from" in r else f"({r['distill_seconds']:.1f} s distilling)"),
+              flush=True)
         if len(results) < len(rows):
             write(done=False)
     return write(done=True)
@@ -301,7 +378,9 @@ def main(argv: list[str]) -> int:
 
     cfg = load_config(BenchConfig, bench_config_argv(argv))
     t0 = time.perf_counter()
-    plan(cfg)  # names, options and gains, then the data and ipcs: all before a folder exists
+    plan(cfg)  # names, options and gains, the resumed run's protocol, then the data and ipcs: all before a folder exists
+    if cfg.resume:
+        previous_rows(cfg)
     datasets = load_datasets(cfg)
     target = Path(cfg.results_md) if cfg.results_md else None
     if target is not None and target.is_dir():

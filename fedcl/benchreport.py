@@ -69,6 +69,19 @@ def _arch_table(rows: list[dict[str, Any]]) -> str:
     return markdown_table(["set", "ipc", "labels", *archs], body)
 
 
+def _reused(metrics: dict[str, Any]) -> list[str]:
+    """The lines that say which rows an earlier run made (``resume``), with its command, date and device."""
+    rows = [r for r in metrics["rows"] if "reused_from" in r]
+    if not rows:
+        return []
+    o = metrics["resumed"]
+    v = o.get("versions") or {}
+    names = ", ".join(f"{r['engine']}{' (soft)' if r['soft_labels'] else ''} ipc {r['ipc']}" for r in rows)
+    return [f"Reused from an earlier run under the same protocol ({len(rows)} of {len(metrics['rows'])} rows: "
+            f"{names}): `{o.get('command')}` ({o.get('date')}), device: {o.get('device')}, versions: "
+            + ", ".join(f"{k} {v[k]}" for k in ("fedcl", "torch", "python") if k in v) + ".", ""]
+
+
 def results_markdown(cfg: Any, metrics: dict[str, Any]) -> str:
     """The tables of a bench run, with the command, device, versions and protocol."""
     ev, split = cfg.eval, metrics["split"]
@@ -78,6 +91,7 @@ def results_markdown(cfg: Any, metrics: dict[str, Any]) -> str:
         f"Command: `{metrics['command']}` ({metrics['date']}, {metrics['wall_seconds']:.0f} s wall)  ",
         f"Device: {metrics['device']}  ",
         f"Versions: fedcl {v['fedcl']}, torch {v['torch']}, python {v['python']}", "",
+        *_reused(metrics),
         *([f"**Partial**: {len(metrics['rows'])} of {metrics['planned_rows']} rows; the run was still going (or was "
            "stopped) when this was written.", ""] if not metrics.get("complete", True) else []),
         f"Protocol, the same for every row: the set trains {ev.models} fresh `{cfg.model}` "

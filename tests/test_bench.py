@@ -180,3 +180,55 @@ def test_every_finished_row_is_written_before_the_next_runs(tmp_path, monkeypatc
     monkeypatch.setattr(bench, "run_row", real_row)
     m = bench.run_bench(cfg, tmp_path)
     assert m["complete"] and "Partial" not in (tmp_path / "results.md").read_text()
+
+
+# a row of seconds: one random and one herding row at ipc 1, a width-8 ConvNet trained for one epoch
+RESUMABLE = ["ipcs=[1]", "soft_label_engines=[]", "cross_arch=[convnet]", "model_kwargs.width=8", "eval.models=1",
+             "eval.epochs=1", "device=cpu", "progress=false"]
+
+
+def test_resume_reuses_the_rows_of_an_earlier_run_and_runs_the_rest(tmp_path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(["bench", "engines=[random]", *RESUMABLE, f"out={first}"]) == 0
+    assert main(["bench", "engines=[random,herding]", *RESUMABLE, f"resume={first}", f"out={second}"]) == 0
+    old = json.loads((first / "metrics.json").read_text())["rows"][0]
+    m = json.loads((second / "metrics.json").read_text())
+    reused, ran = m["rows"]
+    assert reused["engine"] == "random" and reused["reused_from"] == str(first) and reused["accuracy"] == old["accuracy"]
+    assert ran["engine"] == "herding" and "reused_from" not in ran and m["complete"]
+    assert m["resumed"]["command"].startswith("fedcl bench 'engines=[random]'")
+    copied = SyntheticSet.load(second / reused["set"])  # the earlier set, copied into this run folder
+    assert torch.equal(copied.images, SyntheticSet.load(first / old["set"]).images)
+    text = (second / "results.md").read_text()
+    assert "Reused from an earlier run under the same protocol (1 of 2 rows: random ipc 1)" in text
+
+
+def test_resume_runs_again_a_row_whose_options_differ(tmp_path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(["bench", "engines=[random,dm]", "engine.dm.iterations=1", *RESUMABLE, f"out={first}"]) == 0
+    assert main(["bench", "engines=[random,dm]", "engine.dm.iterations=2", *RESUMABLE, f"resume={first}",
+                 f"out={second}"]) == 0
+    rows = json.loads((second / "metrics.json").read_text())["rows"]
+    assert ["reused_from" in r for r in rows] == [True, False] and rows[1]["iterations"] == 2
+
+
+@pytest.mark.parametrize("change,message", [
+    (["eval.epochs=2"], "was evaluated with eval="),
+    (["cross_arch=[convnet,mlp]"], "was evaluated with cross_arch=['convnet']"),
+    (["seed=1"], "was evaluated with seed=0"),
+])
+def test_resume_refuses_an_earlier_run_of_another_protocol(change, message, tmp_path, capsys) -> None:
+    first = tmp_path / "first"
+    assert main(["bench", "engines=[random]", *RESUMABLE, f"out={first}"]) == 0
+    capsys.readouterr()
+    assert main(["bench", "engines=[random]", *RESUMABLE, *change, f"resume={first}", f"out={tmp_path / 'b'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fedcl: error: ") and message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "b").exists()
+
+
+def test_resume_of_a_folder_that_is_not_a_bench_run_is_one_line(tmp_path, capsys) -> None:
+    assert main(["bench", "engines=[random]", *RESUMABLE, f"resume={tmp_path}", f"out={tmp_path / 'b'}"]) == 2
+    err = capsys.readouterr().err
+    assert "not a bench run folder" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "b").exists()

@@ -50,7 +50,7 @@ def test_a_command_line_config_survives_the_run_config() -> None:
                                                  ("no", False)])
 def test_a_bool_given_as_text_is_read_as_the_bool_it_says(value, expected) -> None:
     assert from_run_config({"server-standardize": value}).server_standardize is expected
-    assert from_run_config({"privacy.normalize": value}).privacy.normalize is expected
+    assert from_run_config({"privacy.center": value}).privacy.center is expected
 
 
 def test_numbers_are_converted_only_where_nothing_is_lost() -> None:

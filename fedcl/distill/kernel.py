@@ -18,9 +18,8 @@ they are read with :meth:`~fedcl.distill.access.RealAccess.class_means`; :func:`
 equals the KRR loss in value and in gradient, and the synthetic side keeps its graph. Classes weigh
 equally (the exact access draws ``batch_real`` images of each). Each row is an example's gradient of
 the loss in the head ``W``, so under DP the private access clips those per-example gradients and
-adds noise, and the engine is private with no DP copy of its loop (with ``privacy.normalize``, its
-default, every row is scaled to norm ``max_grad_norm`` instead of clipped: normalised per-example
-gradients; ``privacy.normalize=false`` clips).
+adds noise, and the engine is private with no DP copy of its loop (every row is scaled to norm
+``max_grad_norm``: normalised per-example gradients).
 
 The mean-squared loss is what makes the real side a per-class mean; RFAD's Platt (cross-entropy)
 variant is not, so it is not offered.

@@ -97,7 +97,6 @@ class FederatedPrivacy:
         max_grad_norm: L2 bound of each example's contribution.
         accountant: accountant of each release and of the client's ledger (``rdp`` or ``prv``: they compose).
         secure_mode: Opacus's cryptographically secure noise.
-        normalize: scale every per-example embedding to norm ``max_grad_norm`` instead of only clipping it.
         center: ``dm``: subtract the synthetic set's mean embedding before clipping.
         replay: ``dm``: passes over the released noisy targets after the private steps (post-processing).
     """
@@ -108,7 +107,6 @@ class FederatedPrivacy:
     max_grad_norm: float = 1.0
     accountant: str = "rdp"
     secure_mode: bool = False
-    normalize: bool = True
     center: bool = True
     replay: int = 4
 
@@ -120,7 +118,7 @@ class FederatedPrivacy:
         from fedcl.privacy.config import PrivacyConfig
 
         return PrivacyConfig(epsilon=self.epsilon, delta=self.delta, max_grad_norm=self.max_grad_norm,
-                             accountant=self.accountant, normalize=self.normalize, center=self.center,
+                             accountant=self.accountant, center=self.center,
                              replay=self.replay, secure_mode=self.secure_mode)
 
 

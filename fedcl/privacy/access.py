@@ -84,7 +84,6 @@ class PrivateAccess(RealAccess):
         self.params = plan_release(engine, counts.tolist(), ipc, privacy)
         self.mech = GaussianMechanism(self.params, seed=engine.release_seed, secure_mode=privacy.secure_mode)
         self.secure_mode = bool(privacy.secure_mode)
-        self.normalize = bool(privacy.normalize)
         self.centred = bool(privacy.center)
         self.replay = int(privacy.replay)
         # class label -> row of this release's classes; each class's expected Poisson batch q * N_c
@@ -122,11 +121,11 @@ class PrivateAccess(RealAccess):
         return RealBatch(self.real.images[sel], self.real.labels[sel], tuple(classes))
 
     def bound(self, rows: torch.Tensor) -> torch.Tensor:
-        """Rows clipped (or, with ``privacy.normalize``, scaled) to ``max_grad_norm``, as the real ones are."""
-        return bound_rows(rows, self.params.max_grad_norm, normalize=self.normalize)
+        """Rows scaled to norm ``max_grad_norm``, as the real ones are."""
+        return bound_rows(rows, self.params.max_grad_norm, normalize=True)
 
     def class_means(self, batch: RealBatch, f: RowFn, classes: Sequence[int]) -> torch.Tensor:
-        """Per class, the noisy mean of the bounded rows ``f(x, y)``: noisy clipped sum / (q * N_c)."""
+        """Per class, the noisy mean of the rows ``f(x, y)`` scaled to norm ``max_grad_norm``: noisy sum / (q * N_c)."""
         with torch.no_grad():
             x = batch.images
             if len(x):
@@ -135,7 +134,7 @@ class PrivateAccess(RealAccess):
                 rows = f(self.real.images[:1] * 0, self.real.labels[:1]).float()[:0]
             groups = self.group[batch.labels]
             sel = torch.tensor([self.classes.index(c) for c in classes], device=rows.device)
-            means = self.mech.private_means(rows, groups, self.expected, normalize=self.normalize)
+            means = self.mech.private_means(rows, groups, self.expected, normalize=True)
             return means[sel]
 
     def mean_gradient(self, batch: RealBatch, net: nn.Module, params: list[nn.Parameter],

@@ -17,9 +17,9 @@ example's residual. Both are per-class means of the per-example rows ``[psi e^T,
 they are read with :meth:`~fedcl.distill.access.RealAccess.class_means`; :func:`kernel_loss` then
 equals the KRR loss in value and in gradient, and the synthetic side keeps its graph. Classes weigh
 equally (the exact access draws ``batch_real`` images of each). Each row is an example's gradient of
-the loss in the head ``W``, so under DP the private access clips those per-example gradients and
-adds noise, and the engine is private with no DP copy of its loop (every row is scaled to norm
-``max_grad_norm``: normalised per-example gradients).
+the loss in the head ``W``, so under DP the private access bounds those per-example gradients
+(each scaled to norm ``max_grad_norm``) and adds noise, and the engine is private with no DP copy
+of its loop.
 
 The mean-squared loss is what makes the real side a per-class mean; RFAD's Platt (cross-entropy)
 variant is not, so it is not offered.

@@ -15,8 +15,8 @@ the training data before it is partitioned, so no client holds it:
 
 ``CHECKS`` scores, in the select stage, an option meant for another setting (``server_standardize``,
 for summaries above epsilon 1) beside the config's server in that setting; they are not candidates.
-Two processes can share the select stage: ``--only CLIENT:SERVER,... --no-report`` in each, with the
-same ``--out``, then one plain run for the report.
+Processes can share the work through the same ``--out``: ``--stage select --only CLIENT:SERVER,...``
+with different candidates in each, then ``--stage report --seeds ...`` with different seeds.
 
 The clients distil their partitions one after the other in this process, with the ClientApp's
 functions and seeds (:func:`~fedcl.federated.task.client_seed`), and the server trains on the union
@@ -177,7 +177,9 @@ def main() -> None:
     p.add_argument("--out", default="runs/federated_dp_select")
     p.add_argument("--only", default=None, metavar="CLIENT:SERVER,...",
                    help="score only these candidates (to split the select stage between processes sharing --out)")
-    p.add_argument("--no-report", action="store_true", help="stop after the select stage")
+    p.add_argument("--stage", choices=["select", "report", "both"], default="both",
+                   help="select: score the candidates on validation; report: the best of those scored so far on "
+                        "--seeds, on the test set")
     p.add_argument("--table", default=str(REPO / "experiments" / "results" / "federated_dp_select.md"))
     p.add_argument("--from-lines", default=None, metavar="LINES.jsonl", help="run nothing: write the table")
     args = p.parse_args()
@@ -211,9 +213,9 @@ def main() -> None:
         unknown = [x for x in chosen if len(x) != 2 or x[0] not in CLIENTS or x[1] not in SERVERS]
         if unknown:
             p.error(f"--only: unknown candidate(s) {unknown}; clients {list(CLIENTS)}, servers {list(SERVERS)}")
-    for client, server in chosen:
+    for client, server in chosen if args.stage != "report" else []:
         record(client, server, 0, "val")
-    if args.no_report:
+    if args.stage == "select":
         return
     # the best validation score; a tie goes to the candidate listed first (the config, then CLIENTS' and
     # SERVERS' order: the library's defaults and the cheaper settings come first)

@@ -38,18 +38,18 @@ def test_pyproject_app_config_is_the_config_in_kebab_case_with_its_defaults() ->
 
 
 def test_a_command_line_config_survives_the_run_config() -> None:
-    cfg = load_config(FederatedConfig, ["strategies=[oneshot,feddm]", "server_standardize=true", "data.root=/x y",
+    cfg = load_config(FederatedConfig, ["strategies=[oneshot,feddm]", "privacy.center=false", "data.root=/x y",
                                         "privacy.epsilon=2", "privacy.budget=4", "lr=0.5", "out=somewhere"])
     back = from_run_config(to_run_config(cfg))
-    assert back.strategies == ["oneshot", "feddm"] and back.server_standardize and back.data.root == "/x y"
-    assert back.privacy == FederatedPrivacy(epsilon=2.0, budget=4.0) and back.lr == 0.5
+    assert back.strategies == ["oneshot", "feddm"] and not back.privacy.center and back.data.root == "/x y"
+    assert back.privacy == FederatedPrivacy(epsilon=2.0, budget=4.0, center=False) and back.lr == 0.5
     assert back.out is None  # command-line only: not in a run config
 
 
 @pytest.mark.parametrize(("value", "expected"), [("false", False), ("False", False), ("true", True), (False, False),
                                                  ("no", False)])
 def test_a_bool_given_as_text_is_read_as_the_bool_it_says(value, expected) -> None:
-    assert from_run_config({"server-standardize": value}).server_standardize is expected
+    assert from_run_config({"soft-labels": value}).soft_labels is expected
     assert from_run_config({"privacy.center": value}).privacy.center is expected
 
 
@@ -62,7 +62,7 @@ def test_numbers_are_converted_only_where_nothing_is_lost() -> None:
 @pytest.mark.parametrize(("run_config", "message"), [
     ({"ipc": "abc"}, "invalid run-config value 'ipc'"),
     ({"num-clients": 2.5}, "invalid run-config value 'num-clients'"),
-    ({"server-standardize": "maybe"}, "invalid run-config value 'server-standardize'"),
+    ({"soft-labels": "maybe"}, "invalid run-config value 'soft-labels'"),
     ({"privacy.max-grad-norm": "x"}, "invalid run-config value 'privacy.max-grad-norm'"),
     ({"ipcs": 3}, "unknown run-config key 'ipcs'"),
     ({"fault": "nan"}, "unknown run-config key 'fault'"),
@@ -155,7 +155,7 @@ def test_a_client_refuses_a_bad_run_config_before_any_work(monkeypatch: pytest.M
 
 @pytest.mark.parametrize(("args", "message"), [
     (["ipc=abc"], "ipc"),
-    (["server_standardize=maybe"], "server_standardize"),
+    (["soft_labels=maybe"], "soft_labels"),
     (["privacy.sample_rate=0.1"], "sample_rate"),  # federated DP samples at batch_real / class size
     (["client_resources.num_cpus=0.5"], "num_cpus"),  # a whole number in Flower's federation config
 ])

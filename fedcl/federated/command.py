@@ -26,11 +26,10 @@ __all__ = ["ClientResources", "FederatedConfig", "FederatedData", "FederatedPriv
 
 def centralised(cfg: FederatedConfig) -> dict[str, Any]:
     """The same model trained on all the training data (the bar the summaries aim at): real images, so
-    without ``server_noise`` and ``server_standardize``, which are meant for DP summaries, at the
-    learning rate ``lr``."""
+    without ``server_noise``, which is meant for DP summaries, at the learning rate ``lr``."""
     from fedcl.federated.task import make_model, run_data, train_global
 
-    s = replace(cfg, server_noise=0.0, server_standardize=False)
+    s = replace(cfg, server_noise=0.0)
     data = run_data(s)
     t0 = time.perf_counter()
     model = make_model(s, data, seed=cfg.seed)

@@ -163,8 +163,6 @@ class FederatedConfig:
             Post-processing: no privacy cost.
         server_noise_decay: factor on ``server_noise`` once the server's learning rate falls half-way (1:
             constant).
-        server_standardize: scale every summary image to mean 0 and std 1 before server training (for DP
-            summaries above epsilon 1, with ``server_noise``).
         local_epochs: local epochs of a ``fedavg`` client per round.
         lr: learning rate of ``fedavg`` clients and of the centralised baseline.
         batch_size: minibatch of ``fedavg`` clients.
@@ -213,7 +211,6 @@ class FederatedConfig:
     server_epochs: int = 300
     server_noise: float = 0.0
     server_noise_decay: float = 1.0
-    server_standardize: bool = False
     local_epochs: int = 1
     lr: float = 0.01
     batch_size: int = 64

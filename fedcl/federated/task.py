@@ -28,7 +28,7 @@ from fedcl.models import create_model
 from fedcl.train import accuracy, lr_decay_epoch, train_model
 
 __all__ = ["SERVER_BATCH", "SERVER_LR", "check_budget", "client_seed", "distill_partition", "load_data",
-           "load_node_data", "load_partition", "make_model", "run_data", "server_data", "perturbed_network_fn", "plan_summary", "standardize_images", "train_global",
+           "load_node_data", "load_partition", "make_model", "run_data", "server_data", "perturbed_network_fn", "plan_summary", "train_global",
            "train_local"]
 
 SERVER_BATCH = 256  # minibatch of the server's training on summaries (and of centralised training)
@@ -248,17 +248,10 @@ def distill_partition(s: FederatedConfig, images: torch.Tensor, labels: torch.Te
     return torch.cat(xs), torch.cat(ys), info
 
 
-def standardize_images(images: torch.Tensor, std: float = 1.0) -> torch.Tensor:
-    """Each image (row of ``images``, any shape after the first axis) shifted to mean 0 and scaled to
-    (sample) standard deviation ``std`` over its own pixels (a constant image becomes all zeros)."""
-    flat = images.flatten(1)
-    return ((flat - flat.mean(1, keepdim=True)) / flat.std(1, keepdim=True).clamp_min(1e-12) * std).view_as(images)
-
-
 def train_global(s: FederatedConfig, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, data: ImageData,
                  *, epochs: int, seed: int, dsa: bool = True, lr: float = SERVER_LR) -> float:
-    """Train ``model`` in place on ``images`` (standardised with ``server_standardize``; with DSA, the
-    evaluation protocol, then ``server_noise``) at learning rate ``lr``; return test accuracy."""
+    """Train ``model`` in place on ``images`` (with DSA, the evaluation protocol, then ``server_noise``) at
+    learning rate ``lr``; return test accuracy."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     aug = DSA(default_strategy(data.name)) if dsa else None
@@ -273,8 +266,6 @@ def train_global(s: FederatedConfig, model: nn.Module, images: torch.Tensor, lab
         return xb + std * torch.randn(xb.shape, generator=gen).to(xb.device) if noise > 0 else xb
 
     if len(images):
-        if s.server_standardize:
-            images = standardize_images(images)
         train_model(model, images, labels, epochs=epochs, lr=lr, batch_size=SERVER_BATCH,
                     augment=augment if aug or noise > 0 else None, generator=gen, device=s.device)
     return accuracy(model, data.test_images, data.test_labels, device=s.device)

@@ -245,6 +245,8 @@ def main() -> None:
     if args.stage == "select":
         return
     best = chosen_candidate(measured())
+    if best is None:
+        p.error(f"--stage report: no candidate is scored on validation in {done} yet (run --stage select first)")
     for seed in (int(s) for s in args.seeds.split(",")):
         record(best["client"], best["server"], seed, "test")
     print(f"wrote {write_table(args, measured(), (time.time() - t0) / 60)}")

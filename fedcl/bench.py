@@ -321,7 +321,8 @@ def load_datasets(cfg: BenchConfig) -> dict[str, Any]:
 
 
 def run_bench(cfg: BenchConfig, folder: Path, *, command: str = "fedcl bench",
-              datasets: dict[str, Any] | None = None) -> dict[str, Any]:
+              datasets: dict[str, Any] | None = None,
+              previous: tuple[dict[str, Any], dict[str, dict[str, Any]]] | None = None) -> dict[str, Any]:
     """Run every row of ``cfg`` into ``folder``; write metrics.json and results.md; return the metrics.
 
     Args:
@@ -329,6 +330,7 @@ def run_bench(cfg: BenchConfig, folder: Path, *, command: str = "fedcl bench",
         folder: where the sets, metrics.json and results.md go.
         command: the command line recorded in the results.
         datasets: the loaded datasets by name (None: read them here).
+        previous: :func:`previous_rows` of ``cfg`` (None: read them here when ``cfg.resume`` is set).
 
     Raises:
         ConfigError, DataError: bad names, options or ipcs, missing data (before any row runs).
@@ -338,7 +340,7 @@ def run_bench(cfg: BenchConfig, folder: Path, *, command: str = "fedcl bench",
 
     t0 = time.perf_counter()
     rows = plan(cfg)
-    origin, earlier = previous_rows(cfg) if cfg.resume else ({}, {})
+    origin, earlier = previous or (previous_rows(cfg) if cfg.resume else ({}, {}))
     datasets = datasets or load_datasets(cfg)
     env = environment(cfg.device)
     results: list[dict[str, Any]] = []
@@ -379,8 +381,7 @@ def main(argv: list[str]) -> int:
     cfg = load_config(BenchConfig, bench_config_argv(argv))
     t0 = time.perf_counter()
     plan(cfg)  # names, options and gains, the resumed run's protocol, then the data and ipcs: all before a folder exists
-    if cfg.resume:
-        previous_rows(cfg)
+    previous = previous_rows(cfg) if cfg.resume else None
     datasets = load_datasets(cfg)
     target = Path(cfg.results_md) if cfg.results_md else None
     if target is not None and target.is_dir():
@@ -388,7 +389,7 @@ def main(argv: list[str]) -> int:
     command = shlex.join(["fedcl", "bench", *argv])
     with run_folder(cfg.out, "bench") as tmp:
         save_config(tmp, cfg)
-        metrics = run_bench(cfg, tmp, command=command, datasets=datasets)
+        metrics = run_bench(cfg, tmp, command=command, datasets=datasets, previous=previous)
     folder = final_path(tmp)
     if target is not None:
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from flwr.supercore import log
 
 from fedcl.errors import SummaryRejected
-from fedcl.federated.validate import SummarySpec, validate_memory_summary, validate_summary
+from fedcl.federated.validate import SummarySpec, validate_reply
 
 __all__ = ["FedDMSummaries", "OneShotSummaries", "SummaryStrategy", "TrainFn"]
 
@@ -159,11 +159,7 @@ class SummaryStrategy(Strategy):
                 self._drop(server_round, node, "reply has no 'summary' ArrayRecord")
                 continue
             try:
-                if "summary-memory" in msg.content.config_records:
-                    fresh[node] = validate_memory_summary(msg.content["summary"], dict(msg.content["summary-memory"]),
-                                                          self.codec, self.spec)
-                else:
-                    fresh[node] = validate_summary(msg.content["summary"], self.codec, self.spec)
+                fresh[node] = validate_reply(msg.content, self.codec, self.spec)
             except SummaryRejected as exc:
                 self._drop(server_round, node, str(exc))
                 continue

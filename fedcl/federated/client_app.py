@@ -50,7 +50,7 @@ from fedcl.federated.task import (
     train_local,
 )
 
-__all__ = ["app", "train"]
+__all__ = ["app", "summary_records", "train"]
 
 app = ClientApp()
 
@@ -114,16 +114,21 @@ def train(msg: Message, context: Context) -> Message:
     x, y, groups = distill_partition(s, images, labels, data, seed=seed, network_fn=network_fn, privacy=privacy,
                                      ledger=ledger)
     _spend(ledger, groups, context, server_round, str(config.get("strategy", "")))
-    content: dict[str, Any] = {}
-    if s.param != "images" or s.soft_labels:  # what the memories store, not their decoded images
-        content["summary"], content["summary-memory"] = encode_memory_summary([g["set"].memory for g in groups],
-                                                                              s.codec)
-    else:
-        content["summary"] = encode_summary(x, y, s.codec)
+    content = summary_records(s, x, y, groups)
     metrics.update(_ledger_metrics(ledger), **{"summary-images": int(len(y)),
                                                "summary-bytes": content["summary"].count_bytes(),
                                                "seconds": time.perf_counter() - t0})
     return Message(RecordDict({**content, "metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+def summary_records(s: FederatedConfig, x: torch.Tensor, y: torch.Tensor, groups: list[dict[str, Any]]) -> dict[str, Any]:
+    """A reply's summary records for :func:`~fedcl.federated.task.distill_partition`'s output: the ``summary``
+    ``ArrayRecord`` in ``s.codec``, holding the decoded images ``x`` and labels ``y``, or, for a parameterisation
+    or soft labels, what the memories store, with their descriptions (``summary-memory``)."""
+    if s.param != "images" or s.soft_labels:
+        summary, described = encode_memory_summary([g["set"].memory for g in groups], s.codec)
+        return {"summary": summary, "summary-memory": described}
+    return {"summary": encode_summary(x, y, s.codec)}
 
 
 def _ledger_key(strategy: str) -> str:

@@ -24,6 +24,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, Strategy
 from flwr.supercore import log
 
+from fedcl.data import ImageData
 from fedcl.errors import FedclError
 from fedcl.federated.accounting import CountingGrid
 from fedcl.federated.config import FederatedConfig, from_run_config, to_run_config
@@ -32,10 +33,21 @@ from fedcl.federated.validate import SummarySpec, default_max_bytes, memory_max_
 from fedcl.registry import Registry
 from strategies.summaries import FedDMSummaries, OneShotSummaries
 
-__all__ = ["STRATEGIES", "app", "main", "privacy_table", "run_server", "run_strategy"]
+__all__ = ["STRATEGIES", "app", "main", "privacy_table", "run_server", "run_strategy", "summary_spec"]
 
 #: name -> ``build(cfg, spec, train_fn) -> (strategy, task)``; the ``task`` tells clients what to do
 STRATEGIES: Registry[tuple[Strategy, str]] = Registry("federated strategy")
+
+
+def summary_spec(cfg: FederatedConfig, data: ImageData) -> SummarySpec:
+    """What a valid client summary of this run looks like (the server's checks, for ``data``'s images)."""
+    max_images = cfg.max_summary_images or cfg.ipc * data.num_classes
+    if cfg.param != "images" or cfg.soft_labels:  # summaries of memories: their stored tensors, soft labels
+        max_bytes = memory_max_bytes(cfg.param, cfg.param_kwargs, cfg.soft_labels, max_images, data.num_classes,
+                                     data.image_shape)
+    else:
+        max_bytes = default_max_bytes(max_images, data.image_shape)
+    return SummarySpec(data.image_shape, data.num_classes, max_images, max_bytes)
 
 
 @STRATEGIES.register("oneshot")
@@ -84,13 +96,7 @@ def run_strategy(grid: Grid, cfg: FederatedConfig, name: str) -> dict[str, Any]:
         budget, refused}``, the total epsilon of its releases at ``delta``, budget None for no cap).
     """
     data = server_data(cfg)
-    max_images = cfg.max_summary_images or cfg.ipc * data.num_classes
-    if cfg.param != "images" or cfg.soft_labels:  # summaries of memories: their stored tensors, soft labels
-        max_bytes = memory_max_bytes(cfg.param, cfg.param_kwargs, cfg.soft_labels, max_images, data.num_classes,
-                                     data.image_shape)
-    else:
-        max_bytes = default_max_bytes(max_images, data.image_shape)
-    spec = SummarySpec(data.image_shape, data.num_classes, max_images, max_bytes)
+    spec = summary_spec(cfg, data)
     model = make_model(cfg, data, seed=cfg.seed)
 
     def train_fn(images: torch.Tensor, labels: torch.Tensor, arrays: ArrayRecord, server_round: int) -> ArrayRecord:

@@ -18,7 +18,8 @@ from fedcl.federated.codec import (
     memory_array_keys,
 )
 
-__all__ = ["SummarySpec", "default_max_bytes", "memory_max_bytes", "validate_memory_summary", "validate_summary"]
+__all__ = ["SummarySpec", "default_max_bytes", "memory_max_bytes", "validate_memory_summary", "validate_reply",
+           "validate_summary"]
 
 
 @dataclass(frozen=True)
@@ -240,3 +241,16 @@ def memory_max_bytes(param: str, param_kwargs: dict, soft_labels: bool, max_imag
     soft = ref.per_class * num_classes * num_classes if soft_labels else 0
     arrays = 2 * (len(list(ref.parameters())) + int(soft_labels)) * num_classes  # each with its npy header
     return int(4 * (max_images * math.prod(image_shape) + soft) + 256 * arrays + 4096)
+
+
+def validate_reply(content, codec: str, spec: SummarySpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check and decode the summary of a client's reply (a ``RecordDict`` with a ``summary`` ``ArrayRecord``):
+    a summary of memories (:func:`validate_memory_summary`) when it carries their descriptions in a
+    ``summary-memory`` ``ConfigRecord``, else one of images (:func:`validate_summary`).
+
+    Raises:
+        SummaryRejected: with the reason.
+    """
+    if "summary-memory" in content.config_records:
+        return validate_memory_summary(content["summary"], dict(content["summary-memory"]), codec, spec)
+    return validate_summary(content["summary"], codec, spec)

@@ -248,6 +248,9 @@ def write_table(args: argparse.Namespace, lines: list[dict], minutes: float) -> 
                + " Client seconds per run "
                f"(10 clients in turn): {', '.join(str(x['client_seconds']) for x in report)}; server seconds: "
                f"{', '.join(str(x['server_seconds']) for x in report)}."]
+    elif best:
+        md += ["", f"Chosen so far: clients `{best['client']}`, server `{best['server']}`; not run on the test set yet "
+               "(`--stage report`)."]
     if missing:
         md += ["", f"Not scored yet: {', '.join(missing)}."]
     path = Path(args.table)

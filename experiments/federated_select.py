@@ -49,6 +49,7 @@ from pathlib import Path
 import torch
 
 from fedcl.config import load_config
+from fedcl.data import ImageData
 from fedcl.federated.config import FederatedConfig, from_run_config, to_run_config
 from fedcl.federated.task import client_seed, distill_partition, load_partition, make_model, run_data, train_global
 
@@ -68,12 +69,12 @@ class Selection:
     #: the table's title and its paragraph on the settings
     title: str
     setting: str
+    #: the name of the table and of the default ``--out``
+    name: str
     #: options meant for another setting, scored beside the config's server there (not candidates)
     checks: list[tuple[str, str]] = field(default_factory=list)
     #: client settings that served only such checks (not candidates)
     check_clients: tuple[str, ...] = ()
-    #: the name of the table and of the default ``--out`` / ``--cache``
-    name: str = ""
 
     @property
     def candidates(self) -> list[tuple[str, str]]:
@@ -131,7 +132,7 @@ def settings(config: str, overrides: list[str]) -> FederatedConfig:
     return from_run_config(to_run_config(cfg))
 
 
-def summaries(s: FederatedConfig, cache: Path) -> dict[str, torch.Tensor]:
+def summaries(s: FederatedConfig, data: ImageData, cache: Path) -> dict[str, torch.Tensor]:
     """Every client's summary as the server gets it: made as the ClientApp makes it, encoded in ``s.codec``
     (:func:`~fedcl.federated.client_app.summary_records`), checked and decoded by the server's
     :func:`~fedcl.federated.validate.validate_reply`; loaded from ``cache`` (``weights_only``) or made and
@@ -144,8 +145,7 @@ def summaries(s: FederatedConfig, cache: Path) -> dict[str, torch.Tensor]:
     from fedcl.federated.server_app import summary_spec
     from fedcl.federated.validate import validate_reply
 
-    data, privacy = run_data(s), s.privacy.release()
-    spec = summary_spec(s, data)
+    privacy, spec = s.privacy.release(), summary_spec(s, data)
     xs, ys, uplink, t0 = [], [], 0, time.perf_counter()
     for pid in range(s.num_clients):
         images, labels = load_partition(s, pid, s.num_clients)
@@ -168,9 +168,9 @@ def run(args: argparse.Namespace, client: str, server: str, seed: int, split: st
     base = [f"seed={seed}", f"data.root='{args.root}'", f"data.val_fraction={args.val_fraction}",
             f"data.eval_split={split}", *args.sel.clients[client]]
     s = settings(args.config, base)
-    blob = summaries(s, Path(args.cache) / f"{client}_val{args.val_fraction:g}_seed{seed}.pt")
-    s = settings(args.config, [*base, *args.sel.servers[server]])
-    data, t0 = run_data(s), time.perf_counter()
+    data = run_data(s)  # the server settings change nothing the data depend on
+    blob = summaries(s, data, Path(args.cache) / f"{client}_val{args.val_fraction:g}_seed{seed}.pt")
+    s, t0 = settings(args.config, [*base, *args.sel.servers[server]]), time.perf_counter()
     model = make_model(s, data, seed=s.seed)
     acc = train_global(s, model, blob["x"], blob["y"], data, epochs=s.server_epochs, seed=s.seed + 1)
     return {"client": client, "server": server, "seed": seed, "split": split, "accuracy": acc,

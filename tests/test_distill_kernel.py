@@ -33,42 +33,48 @@ def test_kernel_engines_return_ipc_per_class_change_the_images_and_are_seeded(me
     assert not torch.allclose(a.images, c.images)  # another seed, another set
 
 
-def _setup(digits, seed: int = 0):
+def _setup(digits, seed: int = 0, dtype: torch.dtype = torch.float32):
     """A random-feature map, synthetic images with a graph, and one exact real batch of digits."""
     torch.manual_seed(seed)
-    net = nngp_init_(create_model("convnet", (1, 8, 8), 10, width=8, norm="none")).eval()
+    net = nngp_init_(create_model("convnet", (1, 8, 8), 10, width=8, norm="none")).eval().to(dtype)
     for p in net.parameters():
         p.requires_grad_(False)
 
     def feat(x):
-        return torch.cat([net.embed(x), torch.ones(len(x), 1)], 1)
+        return torch.cat([net.embed(x.to(dtype)), torch.ones(len(x), 1, dtype=dtype)], 1)
 
     classes = list(range(10))
     real = ClassData(digits.train_images, digits.train_labels, 10, torch.device("cpu"))
     access = RealAccess(real, classes, 24, torch.Generator().manual_seed(seed))  # 24 <= every class's size
-    syn = real.sample(3, torch.Generator().manual_seed(seed + 1))[0].clone().requires_grad_(True)
-    y_s = torch.nn.functional.one_hot(torch.arange(10).repeat_interleave(3), 10).float() - 0.1
+    syn = real.sample(3, torch.Generator().manual_seed(seed + 1))[0].to(dtype).requires_grad_(True)
+    y_s = torch.nn.functional.one_hot(torch.arange(10).repeat_interleave(3), 10).to(dtype) - 0.1
     return feat, access, classes, syn, y_s
 
 
 def test_moment_loss_equals_the_direct_krr_loss_in_value_and_gradient(digits) -> None:
-    """The loss read as per-class means of per-example rows (the access's shape) is the KRR loss."""
-    feat, access, classes, syn, y_s = _setup(digits)
+    """The loss read as per-class means of per-example rows (the access's shape) is the KRR loss.
+
+    In float64, so that the comparison tests the identity and not float32 rounding amplified by the
+    ridge solve (in float32 the two paths differ by ~1e-6 of the largest gradient element).
+    """
+    f64 = torch.float64
+    feat, access, classes, syn, y_s = _setup(digits, dtype=f64)
     access.step()
     batch = access.batch(classes)
-    target = torch.nn.functional.one_hot(batch.labels, 10).float() - 0.1
+    target = torch.nn.functional.one_hot(batch.labels, 10).to(f64) - 0.1
 
     head = krr_head(feat(syn), y_s, 1e-3)
     fixed = head.detach()
-    means = access.class_means(batch, lambda x, y: residual_rows(feat(x), torch.nn.functional.one_hot(y, 10).float()
+    means = access.class_means(batch, lambda x, y: residual_rows(feat(x), torch.nn.functional.one_hot(y, 10).to(f64)
                                                                  - 0.1, fixed), classes)
+    assert means.dtype == f64  # the access averages float64 rows in float64
     moment = kernel_loss(head, means)
     (g_moment,) = torch.autograd.grad(moment, syn)
 
     direct = krr_loss(feat(syn), y_s, feat(batch.images), target, 1e-3)
     (g_direct,) = torch.autograd.grad(direct, syn)
-    torch.testing.assert_close(moment, direct, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(g_moment, g_direct, rtol=1e-4, atol=1e-6 * float(g_direct.abs().max()))
+    torch.testing.assert_close(moment, direct, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(g_moment, g_direct, rtol=1e-8, atol=1e-10 * float(g_direct.abs().max()))
     assert g_direct.abs().max() > 0
 
 

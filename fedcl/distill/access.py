@@ -118,7 +118,8 @@ class RealAccess:
     def class_means(self, batch: RealBatch, f: RowFn, classes: Sequence[int]) -> torch.Tensor:
         """Per class of ``classes``, the mean of the rows ``f(x, y)`` over the batch (``(K, D)``), without a graph."""
         with torch.no_grad():
-            return class_means(f(batch.images, batch.labels).float(), batch.labels, classes)
+            rows = f(batch.images, batch.labels)  # half-precision rows are averaged in float32, float64 stays
+            return class_means(rows.to(torch.promote_types(rows.dtype, torch.float32)), batch.labels, classes)
 
     def mean_gradient(self, batch: RealBatch, net: nn.Module, params: list[nn.Parameter],
                       transform: Transform | None = None) -> list[torch.Tensor]:

@@ -50,12 +50,13 @@ class BenchConfig:
         out: run folder (None: ``runs/bench-<timestamp>``).
         results_md: also write results.md to this path (e.g. ``experiments/results/distill_digits.md``).
         progress: progress bars on a terminal.
-        resume: an earlier bench run folder, finished or stopped part-way (its config.yaml and
-            metrics.json): each of its rows with this run's dataset, engine, ipc, labels and engine
-            options is reused (numbers kept, set copied when the folder still has it) instead of run
-            again. It must have this run's protocol (model, model_kwargs, seed, eval, data but
-            ``root``, cross_arch, arch_kwargs), else the run stops before any row with the setting
-            that differs.
+        resume: earlier bench run folders, finished or stopped part-way (each with its config.yaml
+            and metrics.json), e.g. ``resume=[runs/a,runs/b]`` (``resume=runs/a`` for one): each of
+            their rows with this run's dataset, engine, ipc, labels and engine options is reused
+            (numbers kept, set copied when the folder still has it) instead of run again; where two
+            folders hold the same row, the first listed wins. Each must have this run's protocol
+            (model, model_kwargs, seed, eval, data but ``root``, cross_arch, arch_kwargs), else the
+            run stops before any row with the folder and the setting that differs.
     """
 
     datasets: list[str] = field(default_factory=lambda: ["digits"])
@@ -73,7 +74,7 @@ class BenchConfig:
     out: str | None = None
     results_md: str | None = None
     progress: bool = True
-    resume: str | None = None
+    resume: list[str] = field(default_factory=list)
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -132,6 +133,9 @@ def bench_config_argv(argv: list[str]) -> list[str]:
         if w.startswith("-"):
             raise ConfigError(f"unexpected option {w!r}: fedcl bench takes [CONFIG.yaml] [--quick] [key=value ...]")
     path, overrides = split_argv(words)
+    # one folder may be given without brackets: resume=runs/a is resume=[runs/a]
+    overrides = [f"resume=[{w[7:]}]" if w.startswith("resume=") and not w[7:].startswith("[") else w
+                 for w in overrides]
     return ([path] if path else []) + (QUICK if quick else []) + overrides
 
 
@@ -252,20 +256,32 @@ def _row_key(dataset: str, engine: str, ipc: int, soft: bool, options: dict[str,
     return json.dumps([dataset, engine, ipc, soft, opts], sort_keys=True, default=str)
 
 
-def previous_rows(cfg: BenchConfig) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """Where ``cfg.resume``'s rows come from (folder, command, date, device, versions), and its rows by
-    :func:`_row_key`, after checking its protocol is this run's.
+def previous_rows(cfg: BenchConfig) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Where ``cfg.resume``'s rows come from (per folder: folder, command, date, device, versions), and
+    their rows by :func:`_row_key` (the first folder listed wins a row two hold), after checking that
+    each folder's protocol is this run's.
 
     Raises:
         ConfigError: no such run folder, or a protocol setting that differs (named in the message).
         DataError: an unreadable config.yaml or metrics.json.
     """
+    origins: list[dict[str, Any]] = []
+    rows: dict[str, dict[str, Any]] = {}
+    for folder in dict.fromkeys(Path(str(f)) for f in cfg.resume):
+        origin, found = _folder_rows(cfg, folder)
+        origins.append(origin)
+        for key, row in found.items():
+            rows.setdefault(key, row)
+    return origins, rows
+
+
+def _folder_rows(cfg: BenchConfig, folder: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """One resumed folder's origin and rows by :func:`_row_key` (each row's ``reused_from`` set to it)."""
     import dataclasses
     import json
 
     from fedcl.errors import DataError
 
-    folder = Path(str(cfg.resume))
     if not (folder / "config.yaml").is_file() or not (folder / "metrics.json").is_file():
         raise ConfigError(f"resume={folder}: not a bench run folder (it needs config.yaml and metrics.json)")
     try:
@@ -282,14 +298,17 @@ def previous_rows(cfg: BenchConfig) -> tuple[dict[str, Any], dict[str, dict[str,
             raise ConfigError(f"resume={folder} was evaluated with {key}={theirs}, this run with {key}={mine}; "
                               "rows are reused only under the same protocol")
     origin = {"folder": str(folder), **{k: metrics.get(k) for k in ("command", "date", "device", "versions")}}
-    return origin, {_row_key(r["dataset"], r["engine"], r["ipc"], r["soft_labels"], r["options"]): r for r in rows}
+    return origin, {_row_key(r["dataset"], r["engine"], r["ipc"], r["soft_labels"], r["options"]):
+                    dict(r, reused_from=str(folder)) for r in rows}
 
 
-def reuse_row(row: Row, found: dict[str, Any], source: Path, folder: Path) -> dict[str, Any]:
-    """A row of an earlier run as this run's: its numbers, its set copied into ``folder`` when present."""
+def reuse_row(row: Row, found: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """A row of an earlier run (:func:`previous_rows`) as this run's: its numbers, its set copied into
+    ``folder`` when its run folder (``found["reused_from"]``) still has it."""
     import shutil
 
-    r = dict(found, reused_from=str(source))
+    r = dict(found)
+    source = Path(r["reused_from"])
     old = source / str(found.get("set"))
     if found.get("set") and old.is_file():
         new = folder / "sets" / row.dataset / f"{row.name}.safetensors"
@@ -340,7 +359,7 @@ def run_bench(cfg: BenchConfig, folder: Path, *, command: str = "fedcl bench",
 
     t0 = time.perf_counter()
     rows = plan(cfg)
-    origin, earlier = previous or (previous_rows(cfg) if cfg.resume else ({}, {}))
+    origins, earlier = previous or (previous_rows(cfg) if cfg.resume else ([], {}))
     datasets = datasets or load_datasets(cfg)
     env = environment(cfg.device)
     results: list[dict[str, Any]] = []
@@ -352,7 +371,7 @@ def run_bench(cfg: BenchConfig, folder: Path, *, command: str = "fedcl bench",
             add_gains(rows_so_far)
         metrics = {"command": command, **env, "wall_seconds": time.perf_counter() - t0, "split": cfg.eval.split,
                    "rows": rows_so_far, "complete": done, "planned_rows": len(rows),
-                   **({"resumed": origin} if origin else {})}
+                   **({"resumed": origins} if origins else {})}
         write_json(folder / "metrics.json", metrics)
         (folder / "results.md").write_text(results_markdown(cfg, metrics))
         return metrics
@@ -360,14 +379,14 @@ def run_bench(cfg: BenchConfig, folder: Path, *, command: str = "fedcl bench",
     for row in rows:
         found = earlier.get(_row_key(row.dataset, row.engine, row.ipc, row.soft, row.options))
         if found:
-            r = reuse_row(row, found, Path(origin["folder"]), folder)
+            r = reuse_row(row, found, folder)
         else:
             r = run_row(row, cfg, datasets[row.dataset], folder)
         results.append(r)
         acc = r["accuracy"]
         print(f"{row.dataset} ipc {row.ipc} {row.engine}{' (soft labels)' if row.soft else ''}: "
               f"{cfg.eval.split} {100 * acc['mean']:.2f} ± {100 * acc['std']:.2f} % "
-              + (f"(reused from {origin['folder']})" if "reused_from" in r else f"({r['distill_seconds']:.1f} s distilling)"),
+              + (f"(reused from {r['reused_from']})" if "reused_from" in r else f"({r['distill_seconds']:.1f} s distilling)"),
               flush=True)
         if len(results) < len(rows):
             write(done=False)

@@ -70,16 +70,18 @@ def _arch_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _reused(metrics: dict[str, Any]) -> list[str]:
-    """The lines that say which rows an earlier run made (``resume``), with its command, date and device."""
-    rows = [r for r in metrics["rows"] if "reused_from" in r]
-    if not rows:
-        return []
-    o = metrics["resumed"]
-    v = o.get("versions") or {}
-    names = ", ".join(f"{r['engine']}{' (soft)' if r['soft_labels'] else ''} ipc {r['ipc']}" for r in rows)
-    return [f"Reused from an earlier run under the same protocol ({len(rows)} of {len(metrics['rows'])} rows: "
-            f"{names}): `{o.get('command')}` ({o.get('date')}), device: {o.get('device')}, versions: "
-            + ", ".join(f"{k} {v[k]}" for k in ("fedcl", "torch", "python") if k in v) + ".", ""]
+    """The lines that say which rows earlier runs made (``resume``), each with its command, date and device."""
+    lines = []
+    for o in metrics.get("resumed", []):
+        rows = [r for r in metrics["rows"] if r.get("reused_from") == o["folder"]]
+        if not rows:
+            continue
+        v = o.get("versions") or {}
+        names = ", ".join(f"{r['engine']}{' (soft)' if r['soft_labels'] else ''} ipc {r['ipc']}" for r in rows)
+        lines += [f"Reused from an earlier run under the same protocol ({len(rows)} of {len(metrics['rows'])} rows: "
+                  f"{names}): `{o.get('command')}` ({o.get('date')}), device: {o.get('device')}, versions: "
+                  + ", ".join(f"{k} {v[k]}" for k in ("fedcl", "torch", "python") if k in v) + ".", ""]
+    return lines
 
 
 def results_markdown(cfg: Any, metrics: dict[str, Any]) -> str:

@@ -196,11 +196,25 @@ def test_resume_reuses_the_rows_of_an_earlier_run_and_runs_the_rest(tmp_path) ->
     reused, ran = m["rows"]
     assert reused["engine"] == "random" and reused["reused_from"] == str(first) and reused["accuracy"] == old["accuracy"]
     assert ran["engine"] == "herding" and "reused_from" not in ran and m["complete"]
-    assert m["resumed"]["command"].startswith("fedcl bench 'engines=[random]'")
+    assert [o["folder"] for o in m["resumed"]] == [str(first)]
+    assert m["resumed"][0]["command"].startswith("fedcl bench 'engines=[random]'")
     copied = SyntheticSet.load(second / reused["set"])  # the earlier set, copied into this run folder
     assert torch.equal(copied.images, SyntheticSet.load(first / old["set"]).images)
     text = (second / "results.md").read_text()
     assert "Reused from an earlier run under the same protocol (1 of 2 rows: random ipc 1)" in text
+
+
+def test_resume_takes_rows_from_several_folders_the_first_listed_winning(tmp_path) -> None:
+    first, second, third = tmp_path / "first", tmp_path / "second", tmp_path / "third"
+    assert main(["bench", "engines=[random]", *RESUMABLE, f"out={first}"]) == 0
+    assert main(["bench", "engines=[random,herding]", *RESUMABLE, f"out={second}"]) == 0
+    assert main(["bench", "engines=[random,herding]", *RESUMABLE, f"resume=[{first},{second}]", f"out={third}"]) == 0
+    m = json.loads((third / "metrics.json").read_text())
+    assert [r["reused_from"] for r in m["rows"]] == [str(first), str(second)]  # nothing ran again
+    assert [o["folder"] for o in m["resumed"]] == [str(first), str(second)]
+    text = (third / "results.md").read_text()
+    assert "(1 of 2 rows: random ipc 1): `fedcl bench 'engines=[random]'" in text
+    assert "(1 of 2 rows: herding ipc 1): `fedcl bench 'engines=[random,herding]'" in text
 
 
 def test_resume_runs_again_a_row_whose_options_differ(tmp_path) -> None:

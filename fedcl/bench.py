@@ -275,20 +275,35 @@ def previous_rows(cfg: BenchConfig) -> tuple[list[dict[str, Any]], dict[str, dic
     return origins, rows
 
 
+def _earlier_config(path: Path) -> BenchConfig:
+    """An earlier run's config.yaml (runs before ``resume`` became a list wrote one folder or null)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    raw = OmegaConf.load(path)
+    if not isinstance(raw, DictConfig):
+        raise ConfigError(f"{path} is not a mapping of settings")
+    if "resume" in raw and not OmegaConf.is_list(raw.resume):
+        raw.resume = [] if raw.resume is None else [str(raw.resume)]
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(BenchConfig), raw))  # type: ignore[return-value]
+
+
 def _folder_rows(cfg: BenchConfig, folder: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """One resumed folder's origin and rows by :func:`_row_key` (each row's ``reused_from`` set to it)."""
     import dataclasses
     import json
+
+    import yaml
+    from omegaconf.errors import OmegaConfBaseException
 
     from fedcl.errors import DataError
 
     if not (folder / "config.yaml").is_file() or not (folder / "metrics.json").is_file():
         raise ConfigError(f"resume={folder}: not a bench run folder (it needs config.yaml and metrics.json)")
     try:
-        old = load_config(BenchConfig, path=folder / "config.yaml")
+        old = _earlier_config(folder / "config.yaml")
         metrics = json.loads((folder / "metrics.json").read_text())
         rows = list(metrics["rows"])
-    except (ConfigError, ValueError, KeyError, TypeError) as exc:
+    except (ConfigError, OmegaConfBaseException, yaml.YAMLError, OSError, ValueError, KeyError, TypeError) as exc:
         raise DataError(f"resume={folder}: cannot read its config.yaml or metrics.json ({exc})") from exc
     for key in _PROTOCOL:
         mine, theirs = getattr(cfg, key), getattr(old, key)

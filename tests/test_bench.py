@@ -217,6 +217,17 @@ def test_resume_takes_rows_from_several_folders_the_first_listed_winning(tmp_pat
     assert "(1 of 2 rows: herding ipc 1): `fedcl bench 'engines=[random,herding]'" in text
 
 
+@pytest.mark.parametrize("written", ["null", "/an/older/run"])
+def test_resume_reads_a_run_written_when_resume_held_one_folder(written, tmp_path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(["bench", "engines=[random]", *RESUMABLE, f"out={first}"]) == 0
+    conf = first / "config.yaml"
+    assert "resume: []" in conf.read_text()
+    conf.write_text(conf.read_text().replace("resume: []", f"resume: {written}"))
+    assert main(["bench", "engines=[random]", *RESUMABLE, f"resume={first}", f"out={second}"]) == 0
+    assert json.loads((second / "metrics.json").read_text())["rows"][0]["reused_from"] == str(first)
+
+
 def test_resume_runs_again_a_row_whose_options_differ(tmp_path) -> None:
     first, second = tmp_path / "first", tmp_path / "second"
     assert main(["bench", "engines=[random,dm]", "engine.dm.iterations=1", *RESUMABLE, f"out={first}"]) == 0

@@ -46,7 +46,7 @@ def _setup(digits, seed: int = 0, dtype: torch.dtype = torch.float32):
     classes = list(range(10))
     real = ClassData(digits.train_images, digits.train_labels, 10, torch.device("cpu"))
     access = RealAccess(real, classes, 24, torch.Generator().manual_seed(seed))  # 24 <= every class's size
-    syn = real.sample(3, torch.Generator().manual_seed(seed + 1))[0].to(dtype).requires_grad_(True)
+    syn = real.sample(3, torch.Generator().manual_seed(seed + 1))[0].to(dtype).clone().requires_grad_(True)
     y_s = torch.nn.functional.one_hot(torch.arange(10).repeat_interleave(3), 10).to(dtype) - 0.1
     return feat, access, classes, syn, y_s
 

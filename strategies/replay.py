@@ -7,10 +7,13 @@ into its share of a fixed memory. It plugs into the stock
 that takes plugins. :class:`DistilledReplay` wraps that the way Avalanche's ``Replay``
 wraps ``ReplayPlugin``, with a GDumb-style option.
 
-Share rule (class-balanced, never above ``max_size``): with ``n`` classes seen so far,
-every class gets ``max_size // n`` images' worth; the remainder goes, one each, to the
-classes of the current experience (they are being distilled now, so they can take any
-size). Older classes shrink to their new share by ``shrink="subsample"`` (keep the first
+Share rule (class-balanced, never above ``max_size``), as Avalanche's ``ClassBalancedBuffer``:
+with ``adaptive_size=True`` (the default) and ``n`` classes seen so far, every class gets
+``max_size // n`` images' worth; the remainder goes, one each, to the classes of the current
+experience (they are being distilled now, so they can take any size). With
+``adaptive_size=False`` every class gets ``max_size // num_classes`` from its first experience
+on: the memory is not full until the last class arrives, but a class is distilled once, at
+the size it keeps, and never shrinks. Older classes of an adaptive memory shrink to their new share by ``shrink="subsample"`` (keep the first
 stored images of the class; they start from a random sample of real images, so a prefix
 is an unbiased subset) or ``shrink="redistill"`` (distill the class's current decoded
 images into the smaller share with the same engine; it reads no real data, so under DP it
@@ -109,6 +112,8 @@ class DistilledBuffer(ExemplarsBuffer):
         num_classes: classes of the whole stream (for the labels); defaults to the largest seen + 1.
         privacy: a DP block; each experience's distillation then runs under it.
         shrink: how old classes shrink to a smaller share: ``subsample`` or ``redistill``.
+        adaptive_size: True: the budget is divided over the classes seen so far (old classes shrink as
+            new ones arrive); False: over ``num_classes`` from the start (a class never shrinks).
         meta: dataset facts passed to the engine (``dataset``, ``mean``, ``std``).
         seed: base seed; experience ``i`` distills with ``seed + i``.
         owner: the stream's data owner, named in its ledger and in budget errors.
@@ -125,14 +130,15 @@ class DistilledBuffer(ExemplarsBuffer):
             (budget ``privacy.budget``); every experience's release is recorded there.
 
     Raises:
-        ConfigError: bad ``max_size``, ``method``, engine options or ``shrink``.
+        ConfigError: bad ``max_size``, ``method``, engine options or ``shrink``; ``adaptive_size=False``
+            without ``num_classes`` or with fewer than one image per class.
         PrivacyError: an invalid privacy block (e.g. ``budget`` below ``epsilon``, the ``gdp`` accountant).
     """
 
     def __init__(self, max_size: int, *, method: str = "dm", distiller_kwargs: dict[str, Any] | None = None,
                  num_classes: int | None = None, privacy: PrivacyConfig | None = None, shrink: str = "subsample",
-                 meta: dict[str, Any] | None = None, seed: int = 0, owner: str = "stream",
-                 records_domain: str | None = None) -> None:
+                 adaptive_size: bool = True, meta: dict[str, Any] | None = None, seed: int = 0,
+                 owner: str = "stream", records_domain: str | None = None) -> None:
         super().__init__(max_size)
         if int(max_size) < 1:
             raise ConfigError(f"max_size must be at least 1, got {max_size}")
@@ -140,6 +146,12 @@ class DistilledBuffer(ExemplarsBuffer):
             raise ConfigError(f"unknown distillation method {method!r}; valid: {', '.join(list_distillers())}")
         if shrink not in SHRINK_RULES:
             raise ConfigError(f"shrink must be one of {', '.join(SHRINK_RULES)}, got {shrink!r}")
+        if not adaptive_size and not num_classes:
+            raise ConfigError("adaptive_size=False divides the memory over all the stream's classes: give num_classes")
+        if not adaptive_size and int(max_size) < int(num_classes):
+            raise ConfigError(f"memory of {max_size} images cannot hold one image for each of {num_classes} "
+                              f"classes; use mem_size >= {num_classes}")
+        self.adaptive_size = bool(adaptive_size)
         self.method = method
         self.distiller_kwargs = {"progress": False, **(distiller_kwargs or {})}
         # validate the options now, before any training
@@ -190,7 +202,7 @@ class DistilledBuffer(ExemplarsBuffer):
         self.max_size = int(new_size)
         if self.classes:
             self._check_size(len(self.classes))
-            self._apply_shares(class_shares(self.max_size, self.classes, []))
+            self._apply_shares(self._shares(self.classes, []))
 
     # ---- the work ------------------------------------------------------------------------
     def update_from_tensors(self, x: torch.Tensor, y: torch.Tensor, task: torch.Tensor | None = None, *,
@@ -255,12 +267,19 @@ class DistilledBuffer(ExemplarsBuffer):
     def _layout(self, y: torch.Tensor) -> tuple[list[int], list[int], dict[int, int], int, int]:
         """Classes seen and new, their shares, the number of classes and the ipc to distill, from labels only."""
         new = sorted(int(c) for c in torch.unique(y))
+        if self.num_classes and new[-1] >= self.num_classes:
+            raise ConfigError(f"class {new[-1]} is outside the stream's num_classes={self.num_classes}")
         seen = self.classes + [c for c in new if c not in self.classes]
         self._check_size(len(seen))
-        shares = class_shares(self.max_size, seen, new)
+        shares = self._shares(seen, new)
         num_classes = self.num_classes or max(seen) + 1
         smallest = int(torch.bincount(y.cpu(), minlength=num_classes)[new].min())
         return seen, new, shares, num_classes, min(max(shares[c] for c in new), smallest)
+
+    def _shares(self, seen: list[int], new: list[int]) -> dict[int, int]:
+        if self.adaptive_size:
+            return class_shares(self.max_size, seen, new)
+        return dict.fromkeys(seen, self.max_size // int(self.num_classes or 1))
 
     def _check_size(self, n_classes: int) -> None:
         if self.max_size < n_classes:
@@ -457,6 +476,8 @@ class DistilledReplay(SupervisedTemplate):
         distiller_kwargs: engine options (iterations, model, model_kwargs, device ...).
         privacy: make each experience's distillation DP.
         shrink: ``subsample`` or ``redistill`` (see the module docstring).
+        adaptive_size: divide the budget over the classes seen so far (True) or over ``num_classes`` from the
+            start (see the module docstring).
         gdumb: train a fresh model on the memory alone after each experience instead of replaying.
         gdumb_epochs: epochs of that training.
         gdumb_lr: its SGD learning rate.
@@ -473,15 +494,17 @@ class DistilledReplay(SupervisedTemplate):
 
     def __init__(self, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, criterion: Any,
                  mem_size: int = 200, method: str = "dm", distiller_kwargs: dict[str, Any] | None = None,
-                 privacy: PrivacyConfig | None = None, shrink: str = "subsample", gdumb: bool = False,
+                 privacy: PrivacyConfig | None = None, shrink: str = "subsample", adaptive_size: bool = True,
+                 gdumb: bool = False,
                  gdumb_epochs: int = 300, gdumb_lr: float = 0.01,
                  gdumb_dsa: bool = True, num_classes: int | None = None, meta: dict[str, Any] | None = None,
                  seed: int = 0, owner: str = "stream", records_domain: str | None = None,
                  plugins: list[SupervisedPlugin] | None = None,
                  **base_kwargs: Any) -> None:
         self.storage_policy = DistilledBuffer(mem_size, method=method, distiller_kwargs=distiller_kwargs,
-                                              num_classes=num_classes, privacy=privacy, shrink=shrink, meta=meta,
-                                              seed=seed, owner=owner, records_domain=records_domain)
+                                              num_classes=num_classes, privacy=privacy, shrink=shrink,
+                                              adaptive_size=adaptive_size, meta=meta, seed=seed, owner=owner,
+                                              records_domain=records_domain)
         plugin: SupervisedPlugin
         if gdumb:
             plugin = DistilledGDumbPlugin(self.storage_policy, epochs=gdumb_epochs, lr=gdumb_lr, dsa=gdumb_dsa)

@@ -69,6 +69,34 @@ def test_buffer_in_stock_replay_plugin(bench, shrink):
     assert xb.shape == (mem, *x0.shape) and torch.isfinite(xb).all() and (tb == 0).all()
 
 
+def test_fixed_size_distills_each_class_once_at_the_share_it_keeps(bench):
+    # adaptive_size=False (Avalanche's ClassBalancedBuffer rule): mem // num_classes per class from the start
+    buf = DistilledBuffer(30, distiller_kwargs=TINY, num_classes=10, meta=bench.meta, adaptive_size=False)
+    kept = {}
+    for i, exp in enumerate(bench.scenario.train_stream):
+        buf.post_adapt(None, exp)
+        assert set(buf.class_counts().values()) == {3} and len(buf.buffer) == 3 * 2 * (i + 1)
+        for c in kept:  # an old class is never touched again
+            assert torch.equal(buf.memory[c], kept[c])
+        kept = {c: buf.memory[c].clone() for c in buf.classes}
+    assert len(buf.buffer) == 30
+    adaptive = DistilledBuffer(30, distiller_kwargs=TINY, num_classes=10, meta=bench.meta)
+    adaptive.post_adapt(None, bench.scenario.train_stream[0])
+    assert set(adaptive.class_counts().values()) == {15}  # the default divides over the classes seen so far
+
+
+def test_fixed_size_needs_the_number_of_classes(bench):
+    with pytest.raises(ConfigError, match="give num_classes"):
+        DistilledBuffer(30, adaptive_size=False)
+    with pytest.raises(ConfigError, match="mem_size >= 10"):
+        DistilledBuffer(8, num_classes=10, adaptive_size=False)
+    buf = DistilledBuffer(30, distiller_kwargs=TINY, num_classes=4, meta=bench.meta, adaptive_size=False)
+    y = torch.tensor([0, 1, 5])
+    with pytest.raises(ConfigError, match="class 5 is outside the stream's num_classes=4"):
+        buf.update_from_tensors(torch.zeros(3, *bench.in_shape), y)
+    assert buf.classes == []
+
+
 def test_checkpoint_round_trip(bench, tmp_path):
     from safetensors.torch import load_file, save_file
 

@@ -50,6 +50,9 @@ class MemoryDistillConfig:
         soft_labels: learn soft labels with the images (not with selection or under DP); the fresh-model learner
             trains on them, replay on their most likely class.
         shrink: how old classes shrink to a smaller share: ``subsample`` or ``redistill`` (selections always subsample).
+        adaptive_size: as Avalanche's ``ClassBalancedBuffer``: true divides ``mem_size`` over the classes seen so
+            far (old classes shrink as new ones arrive); false over all the benchmark's classes from the first
+            experience (each class is distilled once at the share it keeps; the memory fills up as classes arrive).
         gdumb: train a fresh model on the memory alone after each experience (DSA augmentation) instead of
             replaying it.
         gdumb_epochs: epochs of that fresh model on the memory.
@@ -65,6 +68,7 @@ class MemoryDistillConfig:
     param_selections: bool = False
     soft_labels: bool = False
     shrink: str = "redistill"
+    adaptive_size: bool = True
     gdumb: bool = True
     gdumb_epochs: int = 300
 

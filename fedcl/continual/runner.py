@@ -130,8 +130,9 @@ def _distilled(method: str, private: bool) -> Builder:
         d = ctx.cfg.distill
         kwargs = distiller_kwargs(ctx.cfg, method, str(ctx.device))
         return DistilledReplay(**ctx.common(), mem_size=ctx.cfg.mem_size, method=method, distiller_kwargs=kwargs,
-                               privacy=ctx.cfg.privacy if private else None, shrink=d.shrink, gdumb=d.gdumb,
-                               gdumb_epochs=d.gdumb_epochs, num_classes=ctx.bench.num_classes,
+                               privacy=ctx.cfg.privacy if private else None, shrink=d.shrink,
+                               adaptive_size=d.adaptive_size, gdumb=d.gdumb, gdumb_epochs=d.gdumb_epochs,
+                               num_classes=ctx.bench.num_classes,
                                meta=ctx.bench.meta, seed=ctx.seed, owner=f"{ctx.bench.name} stream",
                                records_domain=ctx.bench.records_domain)
 

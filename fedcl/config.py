@@ -138,7 +138,8 @@ def load_config(schema: type[T], argv: list[str] | None = None, *, path: str | o
         schema: a dataclass (e.g. :class:`DistillConfig`).
         argv: command-line words ``[CONFIG.yaml] [key=value ...]`` (alternative to path/overrides).
         path: a YAML file.
-        overrides: ``key=value`` strings (dotted keys for nested values).
+        overrides: ``key=value`` strings (dotted keys for nested values); ``key={...}`` replaces a mapping
+            (``distill.param_kwargs={}`` drops the file's options), ``key.sub=value`` changes one entry.
 
     Returns:
         An instance of ``schema`` (a plain dataclass, validated: every value has its declared type).
@@ -161,8 +162,17 @@ def load_config(schema: type[T], argv: list[str] | None = None, *, path: str | o
                 key, _, _ = item.partition("=")
                 if not key:
                     raise ConfigError(f"bad override {item!r}: expected key=value")
-            merged.append(OmegaConf.from_dotlist(list(overrides)))
-        cfg = OmegaConf.to_object(OmegaConf.merge(*merged))
+        conf = OmegaConf.merge(*merged)
+        for item in overrides or []:  # in order; key={...} replaces the mapping (a merge would keep the file's keys)
+            key = item.partition("=")[0]
+            override = OmegaConf.from_dotlist([item])
+            value = OmegaConf.select(override, key)
+            target = OmegaConf.select(conf, key)
+            if isinstance(value, DictConfig) and isinstance(target, DictConfig) and OmegaConf.get_type(target) is dict:
+                OmegaConf.update(conf, key, value, merge=False)
+            else:
+                conf = OmegaConf.merge(conf, override)
+        cfg = OmegaConf.to_object(conf)
     except ConfigError:
         raise
     except OmegaConfBaseException as exc:

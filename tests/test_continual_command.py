@@ -117,3 +117,21 @@ def test_config_file_in_repo_loads():
     for path in sorted(root.glob("*.yaml")):
         cfg = load_config(ContinualConfig, [str(path)])
         assert cfg.strategies and cfg.mem_size >= 10
+
+
+def test_a_mapping_override_replaces_the_files_mapping():
+    from fedcl.config import load_config
+    from fedcl.continual.config import ContinualConfig
+
+    path = str(Path(__file__).parents[1] / "configs" / "continual" / "split_fashion_mnist.yaml")
+    assert load_config(ContinualConfig, [path]).distill.param_kwargs == {"factor": 2}
+    # free pixels take no factor: key={} drops the file's options instead of merging into them
+    cfg = load_config(ContinualConfig, [path, "distill.param=images", "distill.param_kwargs={}"])
+    assert cfg.distill.param == "images" and cfg.distill.param_kwargs == {}
+    assert load_config(ContinualConfig, [path, "distill.param_kwargs={factor: 4}"]).distill.param_kwargs == {"factor": 4}
+    # a dotted key still changes one entry and keeps the rest
+    cfg = load_config(ContinualConfig, [path, "distill.engine={dsa: false}", "distill.engine.lr_img=0.5"])
+    assert cfg.distill.engine == {"dsa": False, "lr_img": 0.5}
+    # a block of the schema (a dataclass) is still merged and validated, never replaced
+    cfg = load_config(ContinualConfig, [path, "distill={iterations: 5}"])
+    assert cfg.distill.iterations == 5 and cfg.distill.param == "idc" and cfg.distill.gdumb_epochs == 300

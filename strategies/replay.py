@@ -13,11 +13,12 @@ with ``adaptive_size=True`` (the default) and ``n`` classes seen so far, every c
 experience (they are being distilled now, so they can take any size). With
 ``adaptive_size=False`` every class gets ``max_size // num_classes`` from its first experience
 on: the memory is not full until the last class arrives, but a class is distilled once, at
-the size it keeps, and never shrinks. Older classes of an adaptive memory shrink to their new share by ``shrink="subsample"`` (keep the first
-stored images of the class; they start from a random sample of real images, so a prefix
-is an unbiased subset) or ``shrink="redistill"`` (distill the class's current decoded
-images into the smaller share with the same engine; it reads no real data, so under DP it
-is post-processing and costs no privacy). A selection engine (``random``, ``herding``,
+the size it keeps, and never shrinks. Older classes of an adaptive memory shrink to their
+new share by ``shrink="subsample"`` (keep the first stored images of the class; they start
+from a random sample of real images, so a prefix is an unbiased subset) or
+``shrink="redistill"`` (distill the class's current decoded images into the smaller share
+with the same engine; it reads no real data, so under DP it is post-processing and costs no
+privacy). A selection engine (``random``, ``herding``,
 ``kcenter``) always subsamples: its memory is a selection of real images in the engine's
 order (random, or greedy herding / k-center), so a prefix is that engine's smaller selection.
 
@@ -495,8 +496,7 @@ class DistilledReplay(SupervisedTemplate):
     def __init__(self, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, criterion: Any,
                  mem_size: int = 200, method: str = "dm", distiller_kwargs: dict[str, Any] | None = None,
                  privacy: PrivacyConfig | None = None, shrink: str = "subsample", adaptive_size: bool = True,
-                 gdumb: bool = False,
-                 gdumb_epochs: int = 300, gdumb_lr: float = 0.01,
+                 gdumb: bool = False, gdumb_epochs: int = 300, gdumb_lr: float = 0.01,
                  gdumb_dsa: bool = True, num_classes: int | None = None, meta: dict[str, Any] | None = None,
                  seed: int = 0, owner: str = "stream", records_domain: str | None = None,
                  plugins: list[SupervisedPlugin] | None = None,

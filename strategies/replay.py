@@ -149,9 +149,8 @@ class DistilledBuffer(ExemplarsBuffer):
             raise ConfigError(f"shrink must be one of {', '.join(SHRINK_RULES)}, got {shrink!r}")
         if not adaptive_size and not num_classes:
             raise ConfigError("adaptive_size=False divides the memory over all the stream's classes: give num_classes")
-        if not adaptive_size and int(max_size) < int(num_classes):
-            raise ConfigError(f"memory of {max_size} images cannot hold one image for each of {num_classes} "
-                              f"classes; use mem_size >= {num_classes}")
+        if not adaptive_size:
+            self._check_size(int(num_classes))  # every class has its share from the start
         self.adaptive_size = bool(adaptive_size)
         self.method = method
         self.distiller_kwargs = {"progress": False, **(distiller_kwargs or {})}

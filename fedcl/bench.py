@@ -55,8 +55,10 @@ class BenchConfig:
             their rows with this run's dataset, engine, ipc, labels and engine options is reused
             (numbers kept, set copied when the folder still has it) instead of run again; where two
             folders hold the same row, the first listed wins. Each must have this run's protocol
-            (model, model_kwargs, seed, eval, data but ``root``, cross_arch, arch_kwargs), else the
-            run stops before any row with the folder and the setting that differs.
+            (model, model_kwargs, seed, eval, data but ``root``), else the run stops before any row
+            with the folder and the setting that differs. ``cross_arch`` may differ: a network the
+            earlier run did not evaluate (or built with other ``arch_kwargs``) evaluates the copied
+            set in this run; a row without its set is then run again.
     """
 
     datasets: list[str] = field(default_factory=lambda: ["digits"])
@@ -211,10 +213,33 @@ def check_ipcs(cfg: BenchConfig, data: Any) -> None:
                           f"images); use ipcs of at most {smallest}")
 
 
+def _networks(cfg: BenchConfig) -> list[str]:
+    """The networks that evaluate every set: the main model first, then ``cross_arch`` (each once)."""
+    return list(dict.fromkeys([cfg.model, *cfg.cross_arch]))
+
+
+def _arch_options(cfg: BenchConfig, arch: str) -> dict[str, Any]:
+    """The options ``arch`` is built with in ``cfg``'s evaluation (``model`` uses ``model_kwargs``)."""
+    return dict(cfg.model_kwargs) if arch == cfg.model else dict(cfg.arch_kwargs.get(arch, {}))
+
+
+def evaluate_networks(syn: Any, cfg: BenchConfig, data: Any, archs: list[str]) -> dict[str, Any]:
+    """Accuracy (``{mean, std, ...}``) of ``syn`` on each of ``archs`` under ``cfg``'s evaluation protocol."""
+    from fedcl.evaluate import evaluate_synthetic
+
+    test = data.for_evaluation(cfg.eval.split)
+    accuracy: dict[str, Any] = {}
+    for arch in archs:
+        kwargs = _arch_options(cfg, arch)
+        accuracy[arch] = evaluate_synthetic(syn, test, model=arch, n_models=cfg.eval.models, epochs=cfg.eval.epochs,
+                                            lr=cfg.eval.lr, batch_size=cfg.eval.batch_size, dsa=cfg.eval.dsa,
+                                            seed=cfg.seed, device=cfg.device, model_kwargs=kwargs or None).as_dict()
+    return accuracy
+
+
 def run_row(row: Row, cfg: BenchConfig, data: Any, folder: Path) -> dict[str, Any]:
     """Distill one row, save its set under ``folder``, evaluate it (main model and cross-architecture)."""
     from fedcl.distill import create_distiller
-    from fedcl.evaluate import evaluate_synthetic
     from fedcl.utils import seed_everything
 
     seed_everything(cfg.seed)
@@ -224,14 +249,8 @@ def run_row(row: Row, cfg: BenchConfig, data: Any, folder: Path) -> dict[str, An
     path = folder / "sets" / data.name / f"{row.name}.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
     syn.save(path)
-    test = data.for_evaluation(cfg.eval.split)
-    accuracy: dict[str, Any] = {}
     t0 = time.perf_counter()
-    for arch in dict.fromkeys([cfg.model, *cfg.cross_arch]):  # the main model first, once
-        kwargs = dict(cfg.model_kwargs) if arch == cfg.model else dict(cfg.arch_kwargs.get(arch, {}))
-        accuracy[arch] = evaluate_synthetic(syn, test, model=arch, n_models=cfg.eval.models, epochs=cfg.eval.epochs,
-                                            lr=cfg.eval.lr, batch_size=cfg.eval.batch_size, dsa=cfg.eval.dsa,
-                                            seed=cfg.seed, device=cfg.device, model_kwargs=kwargs or None).as_dict()
+    accuracy = evaluate_networks(syn, cfg, data, _networks(cfg))
     return {"dataset": data.name, "engine": row.engine, "method": row.method, "ipc": row.ipc, "soft_labels": row.soft,
             "options": {k: v for k, v in row.options.items() if v is not None}, "iterations": distiller.iterations,
             "seconds_per_iteration": distiller.stats.get("seconds_per_iteration"),
@@ -242,8 +261,9 @@ def run_row(row: Row, cfg: BenchConfig, data: Any, folder: Path) -> dict[str, An
             "set": str(path.relative_to(folder))}
 
 
-#: what a reused row must share with this run besides its own keys (``data.root`` may move)
-_PROTOCOL = ("model", "model_kwargs", "seed", "cross_arch", "arch_kwargs", "eval", "data")
+#: what a reused row must share with this run besides its own keys (``data.root`` may move); the
+#: cross-architecture networks may differ: a network the earlier run lacks evaluates the reused set here
+_PROTOCOL = ("model", "model_kwargs", "seed", "eval", "data")
 #: engine options that do not change a row's set
 _RUNTIME = ("device", "progress")
 
@@ -313,25 +333,60 @@ def _folder_rows(cfg: BenchConfig, folder: Path) -> tuple[dict[str, Any], dict[s
             raise ConfigError(f"resume={folder} was evaluated with {key}={theirs}, this run with {key}={mine}; "
                               "rows are reused only under the same protocol")
     origin = {"folder": str(folder), **{k: metrics.get(k) for k in ("command", "date", "device", "versions")}}
+    # a network's figures count only where both runs build it with the same options
+    same = {a for a in _networks(old) if _arch_options(old, a) == _arch_options(cfg, a)}
     return origin, {_row_key(r["dataset"], r["engine"], r["ipc"], r["soft_labels"], r["options"]):
-                    dict(r, reused_from=str(folder)) for r in rows}
+                    dict(r, reused_from=str(folder), cross_arch={a: v for a, v in r["cross_arch"].items() if a in same})
+                    for r in rows}
 
 
-def reuse_row(row: Row, found: dict[str, Any], folder: Path) -> dict[str, Any]:
+def _unevaluated(found: dict[str, Any], cfg: BenchConfig) -> list[str]:
+    """The networks of ``cfg`` that an earlier run's row (:func:`previous_rows`) has no figures for."""
+    return [a for a in _networks(cfg) if a not in found["cross_arch"]]
+
+
+def _saved_set(found: dict[str, Any]) -> Path | None:
+    """The set file of an earlier run's row (:func:`previous_rows`), None when its folder no longer has it."""
+    path = Path(found["reused_from"]) / str(found.get("set"))
+    return path if found.get("set") and path.is_file() else None
+
+
+def reuse_row(row: Row, found: dict[str, Any], folder: Path, cfg: BenchConfig | None = None,
+              data: Any = None) -> dict[str, Any]:
     """A row of an earlier run (:func:`previous_rows`) as this run's: its numbers, its set copied into
-    ``folder`` when its run folder (``found["reused_from"]``) still has it."""
+    ``folder`` when its run folder (``found["reused_from"]``) still has it. With ``cfg`` and ``data``, its
+    cross-architecture figures are those of ``cfg``'s networks, and the networks the earlier run did not
+    evaluate (``evaluated_here``) evaluate the copied set now; that needs the set.
+
+    Raises:
+        DataError: networks to evaluate, and no saved set to evaluate them on.
+    """
     import shutil
 
-    r = dict(found)
-    source = Path(r["reused_from"])
-    old = source / str(found.get("set"))
-    if found.get("set") and old.is_file():
+    from fedcl.errors import DataError
+
+    r, old = dict(found), _saved_set(found)
+    missing = _unevaluated(found, cfg) if cfg is not None else []
+    if missing and old is None:
+        raise DataError(f"resume: the {row.name} row of {found['reused_from']} has no saved set to evaluate "
+                        f"{', '.join(missing)} on")
+    if old is not None:
         new = folder / "sets" / row.dataset / f"{row.name}.safetensors"
         new.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(old, new)
         r["set"] = str(new.relative_to(folder))
     else:
         r["set"] = None  # the earlier folder no longer has it (e.g. a results folder that keeps metrics only)
+    if cfg is None:
+        return r
+    if missing:
+        from fedcl.distill import SyntheticSet
+
+        t0 = time.perf_counter()
+        r["cross_arch"] = {**found["cross_arch"],
+                           **evaluate_networks(SyntheticSet.load(folder / r["set"]), cfg, data, missing)}
+        r["evaluated_here"], r["eval_here_seconds"] = missing, time.perf_counter() - t0
+    r["cross_arch"] = {a: r["cross_arch"][a] for a in _networks(cfg)}  # this run's networks, in its order
     return r
 
 
@@ -393,16 +448,21 @@ def run_bench(cfg: BenchConfig, folder: Path, *, command: str = "fedcl bench",
 
     for row in rows:
         found = earlier.get(_row_key(row.dataset, row.engine, row.ipc, row.soft, row.options))
+        if found and _unevaluated(found, cfg) and _saved_set(found) is None:
+            print(f"{row.dataset} ipc {row.ipc} {row.name}: {found['reused_from']} lacks networks of cross_arch "
+                  "and its set; running it again", flush=True)
+            found = None
         if found:
-            r = reuse_row(row, found, folder)
+            r = reuse_row(row, found, folder, cfg, datasets[row.dataset])
         else:
             r = run_row(row, cfg, datasets[row.dataset], folder)
         results.append(r)
         acc = r["accuracy"]
+        how = (f"reused from {r['reused_from']}" + (f"; {', '.join(r['evaluated_here'])} evaluated here"
+                                                    if r.get("evaluated_here") else "")
+               if "reused_from" in r else f"{r['distill_seconds']:.1f} s distilling")
         print(f"{row.dataset} ipc {row.ipc} {row.engine}{' (soft labels)' if row.soft else ''}: "
-              f"{cfg.eval.split} {100 * acc['mean']:.2f} ± {100 * acc['std']:.2f} % "
-              + (f"(reused from {r['reused_from']})" if "reused_from" in r else f"({r['distill_seconds']:.1f} s distilling)"),
-              flush=True)
+              f"{cfg.eval.split} {100 * acc['mean']:.2f} ± {100 * acc['std']:.2f} % ({how})", flush=True)
         if len(results) < len(rows):
             write(done=False)
     return write(done=True)

@@ -77,7 +77,9 @@ def _reused(metrics: dict[str, Any]) -> list[str]:
         if not rows:
             continue
         v = o.get("versions") or {}
-        names = ", ".join(f"{r['engine']}{' (soft)' if r['soft_labels'] else ''} ipc {r['ipc']}" for r in rows)
+        names = ", ".join(f"{r['engine']}{' (soft)' if r['soft_labels'] else ''} ipc {r['ipc']}"
+                          + (f" ({', '.join(r['evaluated_here'])} evaluated in this run)" if r.get("evaluated_here")
+                             else "") for r in rows)
         lines += [f"Reused from an earlier run under the same protocol ({len(rows)} of {len(metrics['rows'])} rows: "
                   f"{names}): `{o.get('command')}` ({o.get('date')}), device: {o.get('device')}, versions: "
                   + ", ".join(f"{k} {v[k]}" for k in ("fedcl", "torch", "python") if k in v) + ".", ""]

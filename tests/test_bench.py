@@ -237,9 +237,34 @@ def test_resume_runs_again_a_row_whose_options_differ(tmp_path) -> None:
     assert ["reused_from" in r for r in rows] == [True, False] and rows[1]["iterations"] == 2
 
 
+def test_resume_evaluates_the_reused_set_on_the_networks_the_earlier_run_lacks(tmp_path, capsys) -> None:
+    first, second, third = tmp_path / "first", tmp_path / "second", tmp_path / "third"
+    assert main(["bench", "engines=[random,herding]", *RESUMABLE, f"out={first}"]) == 0
+    (first / json.loads((first / "metrics.json").read_text())["rows"][1]["set"]).unlink()  # herding's set is gone
+    capsys.readouterr()
+    assert main(["bench", "engines=[random,herding]", *RESUMABLE, "cross_arch=[convnet,mlp]", f"resume={first}",
+                 f"out={second}"]) == 0
+    assert "lacks networks of cross_arch and its set; running it again" in capsys.readouterr().out
+    old = json.loads((first / "metrics.json").read_text())["rows"]
+    reused, ran = json.loads((second / "metrics.json").read_text())["rows"]
+    assert reused["reused_from"] == str(first) and reused["evaluated_here"] == ["mlp"]
+    assert reused["accuracy"] == old[0]["accuracy"] == reused["cross_arch"]["convnet"]  # kept, not trained again
+    assert list(reused["cross_arch"]) == list(ran["cross_arch"]) == ["convnet", "mlp"]
+    assert "reused_from" not in ran  # no set to evaluate mlp on: distilled again
+    text = (second / "results.md").read_text()
+    assert "(1 of 2 rows: random ipc 1 (mlp evaluated in this run))" in text and "cross-architecture" in text
+    # fewer networks: the reused figures shrink to this run's; other mlp options: mlp evaluated again
+    assert main(["bench", "engines=[random]", *RESUMABLE, f"resume={second}", f"out={third}"]) == 0
+    assert list(json.loads((third / "metrics.json").read_text())["rows"][0]["cross_arch"]) == ["convnet"]
+    assert main(["bench", "engines=[random]", *RESUMABLE, "cross_arch=[convnet,mlp]", "arch_kwargs.mlp.width=16",
+                 f"resume={second}", f"out={tmp_path / 'fourth'}"]) == 0
+    row = json.loads((tmp_path / "fourth" / "metrics.json").read_text())["rows"][0]
+    assert row["evaluated_here"] == ["mlp"] and row["cross_arch"]["convnet"] == reused["accuracy"]
+
+
 @pytest.mark.parametrize("change,message", [
     (["eval.epochs=2"], "was evaluated with eval="),
-    (["cross_arch=[convnet,mlp]"], "was evaluated with cross_arch=['convnet']"),
+    (["model_kwargs.width=16"], "was evaluated with model_kwargs={'width': 8}"),
     (["seed=1"], "was evaluated with seed=0"),
 ])
 def test_resume_refuses_an_earlier_run_of_another_protocol(change, message, tmp_path, capsys) -> None:

@@ -365,7 +365,7 @@ def reuse_row(row: Row, found: dict[str, Any], folder: Path, cfg: BenchConfig | 
 
     from fedcl.errors import DataError
 
-    r, old = dict(found), _saved_set(found)
+    r, old = {k: v for k, v in found.items() if k not in ("evaluated_here", "eval_here_seconds")}, _saved_set(found)
     missing = _unevaluated(found, cfg) if cfg is not None else []
     if missing and old is None:
         raise DataError(f"resume: the {row.name} row of {found['reused_from']} has no saved set to evaluate "

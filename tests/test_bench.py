@@ -255,7 +255,8 @@ def test_resume_evaluates_the_reused_set_on_the_networks_the_earlier_run_lacks(t
     assert "(1 of 2 rows: random ipc 1 (mlp evaluated in this run))" in text and "cross-architecture" in text
     # fewer networks: the reused figures shrink to this run's; other mlp options: mlp evaluated again
     assert main(["bench", "engines=[random]", *RESUMABLE, f"resume={second}", f"out={third}"]) == 0
-    assert list(json.loads((third / "metrics.json").read_text())["rows"][0]["cross_arch"]) == ["convnet"]
+    row = json.loads((third / "metrics.json").read_text())["rows"][0]
+    assert list(row["cross_arch"]) == ["convnet"] and "evaluated_here" not in row  # nothing evaluated in this run
     assert main(["bench", "engines=[random]", *RESUMABLE, "cross_arch=[convnet,mlp]", "arch_kwargs.mlp.width=16",
                  f"resume={second}", f"out={tmp_path / 'fourth'}"]) == 0
     row = json.loads((tmp_path / "fourth" / "metrics.json").read_text())["rows"][0]

@@ -333,10 +333,12 @@ def _folder_rows(cfg: BenchConfig, folder: Path) -> tuple[dict[str, Any], dict[s
             raise ConfigError(f"resume={folder} was evaluated with {key}={theirs}, this run with {key}={mine}; "
                               "rows are reused only under the same protocol")
     origin = {"folder": str(folder), **{k: metrics.get(k) for k in ("command", "date", "device", "versions")}}
-    # a network's figures count only where both runs build it with the same options
+    # a network's figures count only where both runs build it with the same options; what the earlier run
+    # evaluated on a set it reused (``evaluated_here``) is not this run's doing
     same = {a for a in _networks(old) if _arch_options(old, a) == _arch_options(cfg, a)}
     return origin, {_row_key(r["dataset"], r["engine"], r["ipc"], r["soft_labels"], r["options"]):
-                    dict(r, reused_from=str(folder), cross_arch={a: v for a, v in r["cross_arch"].items() if a in same})
+                    {**{k: v for k, v in r.items() if k not in ("evaluated_here", "eval_here_seconds")},
+                     "reused_from": str(folder), "cross_arch": {a: v for a, v in r["cross_arch"].items() if a in same}}
                     for r in rows}
 
 
@@ -365,7 +367,7 @@ def reuse_row(row: Row, found: dict[str, Any], folder: Path, cfg: BenchConfig | 
 
     from fedcl.errors import DataError
 
-    r, old = {k: v for k, v in found.items() if k not in ("evaluated_here", "eval_here_seconds")}, _saved_set(found)
+    r, old = dict(found), _saved_set(found)
     missing = _unevaluated(found, cfg) if cfg is not None else []
     if missing and old is None:
         raise DataError(f"resume: the {row.name} row of {found['reused_from']} has no saved set to evaluate "
